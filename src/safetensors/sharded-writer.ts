@@ -1,0 +1,174 @@
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { INDEX_FILE, SINGLE_FILE } from "./checkpoint.js";
+import { describeIoError } from "./source.js";
+import {
+  type DeclaredTensor,
+  DEFAULT_METADATA,
+  SafetensorsFileWriter,
+  WriteError,
+  tensorBytes,
+} from "./writer.js";
+
+/** Hugging Face's default `max_shard_size`. */
+export const DEFAULT_MAX_SHARD_SIZE = 5_000_000_000;
+
+export interface ShardPlan {
+  readonly file: string;
+  readonly tensors: readonly DeclaredTensor[];
+  readonly dataSize: number;
+}
+
+/** `model-00001-of-00003.safetensors`, as Hugging Face names shards. */
+export function shardFileName(i: number, count: number): string {
+  const pad = (n: number): string => String(n).padStart(5, "0");
+  return `model-${pad(i + 1)}-of-${pad(count)}.safetensors`;
+}
+
+/**
+ * Split tensors, in the given order, into shards of at most `maxShardSize` data bytes; a tensor larger
+ * than the limit gets a shard of its own (as Hugging Face does). One shard is `model.safetensors`.
+ */
+export function planShards(tensors: readonly DeclaredTensor[], maxShardSize = DEFAULT_MAX_SHARD_SIZE): ShardPlan[] {
+  if (!(maxShardSize > 0)) throw new RangeError(`max shard size must be positive, got ${maxShardSize}`);
+  const groups: { tensors: DeclaredTensor[]; size: number }[] = [];
+  let current: { tensors: DeclaredTensor[]; size: number } | undefined;
+  for (const t of tensors) {
+    const size = tensorBytes(t);
+    if (!current || (current.tensors.length > 0 && current.size + size > maxShardSize)) {
+      current = { tensors: [], size: 0 };
+      groups.push(current);
+    }
+    current.tensors.push(t);
+    current.size += size;
+  }
+  if (groups.length === 0) groups.push({ tensors: [], size: 0 });
+  return groups.map((g, i) => ({
+    file: groups.length === 1 ? SINGLE_FILE : shardFileName(i, groups.length),
+    tensors: g.tensors,
+    dataSize: g.size,
+  }));
+}
+
+export interface TensorLocation {
+  readonly shard: number;
+  /** Offset of the tensor within its shard's data section. */
+  readonly offset: number;
+  readonly size: number;
+}
+
+/**
+ * Writes a whole checkpoint's weights into a folder: every shard's header up front, tensor data at known
+ * positions in any order, then (on `finish`) data synced, headers re-read, and the index written last.
+ */
+export class ShardedWriter {
+  readonly plans: readonly ShardPlan[];
+  private readonly writers: SafetensorsFileWriter[] = [];
+  private readonly locations = new Map<string, TensorLocation>();
+  private readonly syncs: Promise<void>[] = [];
+
+  constructor(
+    readonly dir: string,
+    tensors: readonly DeclaredTensor[],
+    maxShardSize = DEFAULT_MAX_SHARD_SIZE,
+  ) {
+    this.plans = planShards(tensors, maxShardSize);
+    try {
+      this.plans.forEach((plan, shard) => {
+        const w = new SafetensorsFileWriter(path.join(dir, plan.file), plan.tensors, DEFAULT_METADATA);
+        this.writers.push(w);
+        plan.tensors.forEach((t, i) => {
+          if (this.locations.has(t.name)) throw new RangeError(`tensor ${JSON.stringify(t.name)} declared twice`);
+          this.locations.set(t.name, { shard, offset: w.header.offsets[i]!, size: tensorBytes(t) });
+        });
+      });
+    } catch (e) {
+      this.abandon();
+      throw e;
+    }
+  }
+
+  get totalSize(): number {
+    return this.plans.reduce((n, p) => n + p.dataSize, 0);
+  }
+
+  locate(name: string): TensorLocation {
+    const loc = this.locations.get(name);
+    if (!loc) throw new RangeError(`tensor ${JSON.stringify(name)} was not declared`);
+    return loc;
+  }
+
+  private target(name: string, offset: number, length: number): { w: SafetensorsFileWriter; at: number } {
+    const loc = this.locate(name);
+    if (offset < 0 || offset + length > loc.size) {
+      throw new RangeError(`write of ${length} bytes at ${offset} is outside tensor ${JSON.stringify(name)} (${loc.size} bytes)`);
+    }
+    return { w: this.writers[loc.shard]!, at: loc.offset + offset };
+  }
+
+  /** Write part of a tensor's bytes, `offset` bytes into the tensor. */
+  writeSync(name: string, offset: number, bytes: Uint8Array): void {
+    const { w, at } = this.target(name, offset, bytes.byteLength);
+    w.writeSync(at, bytes);
+    this.syncIfComplete(w);
+  }
+
+  async write(name: string, offset: number, bytes: Uint8Array): Promise<void> {
+    const { w, at } = this.target(name, offset, bytes.byteLength);
+    await w.write(at, bytes);
+    this.syncIfComplete(w);
+  }
+
+  /** A finished shard is synced right away, overlapping with the writes of the next. */
+  private syncIfComplete(w: SafetensorsFileWriter): void {
+    if (w.complete && !this.syncing.has(w)) {
+      this.syncing.add(w);
+      const p = w.finish();
+      p.catch(() => undefined);
+      this.syncs.push(p);
+    }
+  }
+  private readonly syncing = new Set<SafetensorsFileWriter>();
+
+  /**
+   * Complete the folder's weights: wait for every shard to be durable, confirm each on disk (size and a
+   * fresh read of its header), then write and sync the index. Returns the folder-relative names written.
+   */
+  async finish(verify: (file: string, expectedSize: number) => void): Promise<string[]> {
+    for (const w of this.writers) this.syncIfComplete(w);
+    const incomplete = this.writers.find((w) => !w.complete);
+    if (incomplete) throw new Error(`${incomplete.path}: not every tensor was written`);
+    await Promise.all(this.syncs);
+    for (const w of this.writers) verify(w.path, w.size);
+    const names = this.plans.map((p) => p.file);
+    if (this.plans.length > 1) {
+      const weightMap: Record<string, string> = {};
+      const entries: [string, string][] = [];
+      for (const p of this.plans) for (const t of p.tensors) entries.push([t.name, p.file]);
+      entries.sort((a, b) => Buffer.compare(Buffer.from(a[0]), Buffer.from(b[0])));
+      for (const [k, v] of entries) Object.defineProperty(weightMap, k, { value: v, enumerable: true, writable: true, configurable: true });
+      const index = { metadata: { total_size: this.totalSize }, weight_map: weightMap };
+      writeFileDurably(path.join(this.dir, INDEX_FILE), `${JSON.stringify(index, null, 2)}\n`);
+      names.push(INDEX_FILE);
+    }
+    return names;
+  }
+
+  abandon(): void {
+    for (const w of this.writers) w.abandon();
+  }
+}
+
+/** Write a small file and sync it before returning. */
+export function writeFileDurably(file: string, content: string | Uint8Array): void {
+  let fd: number | undefined;
+  try {
+    fd = fs.openSync(file, "wx", 0o644);
+    fs.writeFileSync(fd, content);
+    fs.fsyncSync(fd);
+  } catch (e) {
+    throw new WriteError(`${file}: write failed: ${describeIoError(e)}`);
+  } finally {
+    if (fd !== undefined) fs.closeSync(fd);
+  }
+}

@@ -1,0 +1,196 @@
+import * as fs from "node:fs";
+import { OmniCkptError } from "../errors.js";
+import { type DType, itemSize, serializationRank } from "../tensor/dtype.js";
+import type { Tensor, TensorInfo } from "../tensor/tensor.js";
+import { numel } from "../tensor/tensor.js";
+import { PREFIX_LENGTH } from "./header.js";
+import { describeIoError } from "./source.js";
+
+export interface DeclaredTensor extends TensorInfo {
+  readonly name: string;
+}
+
+export const DEFAULT_METADATA: Readonly<Record<string, string>> = { format: "pt" };
+
+export interface EncodedHeader {
+  /** Prefix, JSON and padding: everything before the data. */
+  readonly bytes: Uint8Array;
+  /** Byte offset of each tensor within the data section, in declaration order. */
+  readonly offsets: readonly number[];
+  readonly dataSize: number;
+}
+
+/**
+ * The header for tensors stored in the given order, byte-compatible with the reference serializer:
+ * compact JSON, `__metadata__` first, then `dtype`, `shape`, `data_offsets` per tensor, padded with spaces
+ * so the data starts on an 8-byte boundary.
+ */
+export function encodeHeader(
+  tensors: readonly DeclaredTensor[],
+  metadata: Readonly<Record<string, string>> | null = DEFAULT_METADATA,
+): EncodedHeader {
+  const parts: string[] = [];
+  if (metadata !== null) parts.push(`"__metadata__":${JSON.stringify(metadata)}`);
+  const offsets: number[] = [];
+  let offset = 0;
+  for (const t of tensors) {
+    const size = numel(t.shape) * itemSize(t.dtype);
+    offsets.push(offset);
+    parts.push(
+      `${JSON.stringify(t.name)}:{"dtype":${JSON.stringify(t.dtype)},"shape":[${t.shape.join(",")}],"data_offsets":[${offset},${offset + size}]}`,
+    );
+    offset += size;
+    if (!Number.isSafeInteger(offset)) throw new RangeError("checkpoint larger than 2^53 bytes");
+  }
+  const json = new TextEncoder().encode(`{${parts.join(",")}}`);
+  const padded = Math.ceil(json.byteLength / 8) * 8;
+  const bytes = new Uint8Array(PREFIX_LENGTH + padded);
+  new DataView(bytes.buffer).setBigUint64(0, BigInt(padded), true);
+  bytes.set(json, PREFIX_LENGTH);
+  bytes.fill(0x20, PREFIX_LENGTH + json.byteLength);
+  return { bytes, offsets, dataSize: offset };
+}
+
+/** A write to the output failed (disk full, I/O error): never the user's input, but not our bug either. */
+export class WriteError extends OmniCkptError {
+  override name = "WriteError";
+}
+
+/**
+ * Positional writer of one safetensors file whose header is fixed up front. Data may arrive in any order
+ * and concurrently; `finish` checks that every declared byte was written before syncing it to disk.
+ */
+export class SafetensorsFileWriter {
+  private fd: number | undefined;
+  private written = 0;
+  readonly header: EncodedHeader;
+  readonly size: number;
+
+  constructor(
+    readonly path: string,
+    readonly tensors: readonly DeclaredTensor[],
+    metadata: Readonly<Record<string, string>> | null = DEFAULT_METADATA,
+  ) {
+    this.header = encodeHeader(tensors, metadata);
+    this.size = this.header.bytes.byteLength + this.header.dataSize;
+    try {
+      this.fd = fs.openSync(path, "wx", 0o644);
+    } catch (e) {
+      throw new WriteError(`${path}: cannot create: ${describeIoError(e)}`);
+    }
+    this.writeFully(this.header.bytes, 0);
+  }
+
+  get dataStart(): number {
+    return this.header.bytes.byteLength;
+  }
+
+  get complete(): boolean {
+    return this.written === this.header.dataSize;
+  }
+
+  private handle(): number {
+    if (this.fd === undefined) throw new Error(`${this.path}: write after close`);
+    return this.fd;
+  }
+
+  private writeFully(bytes: Uint8Array, position: number): void {
+    const fd = this.handle();
+    let done = 0;
+    while (done < bytes.byteLength) {
+      try {
+        done += fs.writeSync(fd, bytes, done, bytes.byteLength - done, position + done);
+      } catch (e) {
+        throw new WriteError(`${this.path}: write failed: ${describeIoError(e)}`);
+      }
+    }
+  }
+
+  private account(offset: number, length: number): void {
+    if (offset < 0 || offset + length > this.header.dataSize) {
+      throw new RangeError(`${this.path}: write of ${length} bytes at data offset ${offset} is outside the declared data`);
+    }
+    this.written += length;
+  }
+
+  /** Write `bytes` at `offset` within the data section. */
+  writeSync(offset: number, bytes: Uint8Array): void {
+    this.account(offset, bytes.byteLength);
+    this.writeFully(bytes, this.dataStart + offset);
+  }
+
+  write(offset: number, bytes: Uint8Array): Promise<void> {
+    this.account(offset, bytes.byteLength);
+    const fd = this.handle();
+    const position = this.dataStart + offset;
+    return new Promise((resolve, reject) => {
+      const step = (done: number): void => {
+        if (done >= bytes.byteLength) {
+          resolve();
+          return;
+        }
+        fs.write(fd, bytes, done, bytes.byteLength - done, position + done, (err, n) => {
+          if (err) reject(new WriteError(`${this.path}: write failed: ${describeIoError(err)}`));
+          else step(done + n);
+        });
+      };
+      step(0);
+    });
+  }
+
+  /** Make the file durable and close it; refuses a file with bytes missing. */
+  finish(): Promise<void> {
+    if (!this.complete) {
+      return Promise.reject(
+        new Error(`${this.path}: ${this.header.dataSize - this.written} of ${this.header.dataSize} data bytes were never written`),
+      );
+    }
+    const fd = this.handle();
+    this.fd = undefined;
+    return new Promise((resolve, reject) => {
+      fs.fdatasync(fd, (err) => {
+        fs.close(fd, (closeErr) => {
+          const e = err ?? closeErr;
+          if (e) reject(new WriteError(`${this.path}: sync to disk failed: ${describeIoError(e)}`));
+          else resolve();
+        });
+      });
+    });
+  }
+
+  /** Close without syncing, after a failure; the caller removes the file. */
+  abandon(): void {
+    if (this.fd !== undefined) {
+      try {
+        fs.closeSync(this.fd);
+      } catch {
+        // Already failing: the original error is the one to report.
+      }
+      this.fd = undefined;
+    }
+  }
+}
+
+/**
+ * The order the reference serializer stores tensors in: wider dtypes first (by its dtype ranking), then by
+ * name compared as UTF-8 bytes. Writing in this order makes a single-file output byte-identical to it.
+ */
+export function referenceOrder<T extends DeclaredTensor>(tensors: readonly T[]): T[] {
+  const keyed = tensors.map((t) => ({ t, rank: serializationRank(t.dtype), key: Buffer.from(t.name, "utf8") }));
+  keyed.sort((a, b) => b.rank - a.rank || Buffer.compare(a.key, b.key));
+  return keyed.map((k) => k.t);
+}
+
+/** Serialize small in-memory tensors into one safetensors image, in the reference serializer's order. */
+export function serialize(tensors: Iterable<[string, Tensor]>, metadata: Readonly<Record<string, string>> | null = DEFAULT_METADATA): Uint8Array {
+  const list = referenceOrder([...tensors].map(([name, t]) => ({ name, dtype: t.dtype, shape: t.shape, data: t.data })));
+  const header = encodeHeader(list, metadata);
+  const out = new Uint8Array(header.bytes.byteLength + header.dataSize);
+  out.set(header.bytes);
+  list.forEach((t, i) => out.set(t.data, header.bytes.byteLength + header.offsets[i]!));
+  return out;
+}
+
+export function tensorBytes(t: { dtype: DType; shape: readonly number[] }): number {
+  return numel(t.shape) * itemSize(t.dtype);
+}
