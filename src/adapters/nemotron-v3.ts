@@ -1,0 +1,236 @@
+import { UsageError } from "../errors.js";
+import { type DType, isDType, isFloat, parseDTypeAlias } from "../tensor/dtype.js";
+import type { Tensor } from "../tensor/tensor.js";
+import { type LlmConfig, parseLlmConfig } from "./config.js";
+import { type StateDict, lookup, materialize, toMap } from "./execute.js";
+import { compileKeyRegex } from "./key-regex.js";
+import {
+  type ExpertActivation,
+  type ExpertParallel,
+  type ExpertRules,
+  expertRange,
+  isGatedActivation,
+  mergeExperts,
+  put,
+  renameAll,
+  splitExpertTensor,
+} from "./moe-experts.js";
+import {
+  Diagnostics,
+  type HeaderMap,
+  type Logger,
+  type Plan,
+  type PlanDict,
+  type PlannedTensor,
+  dictFromHeaders,
+  inputTensor,
+  renamed,
+} from "./plan.js";
+
+export interface AdapterOptions {
+  /** dtype of merged expert weights; the reference's default is bfloat16. */
+  readonly dtype?: DType | string;
+  readonly expertActivation?: ExpertActivation;
+  /** Receives warnings (unknown keys, dropped tensors); the library prints nothing itself. */
+  readonly logger?: Logger;
+}
+
+export interface FromHfOptions {
+  /** Load only this expert-parallel rank's experts. */
+  readonly ep?: ExpertParallel;
+}
+
+export interface ToHfOptions {
+  /** Drop keys this regex matches at their start (Python `re.match` semantics). */
+  readonly excludeKeyRegex?: string | RegExp;
+  /** Emit expert LoRA per expert (PEFT v4) instead of the fused ParamWrapper form. */
+  readonly v4Compatible?: boolean;
+}
+
+const MAMBA_FP32_NAMES: ReadonlySet<string> = new Set(["A_log", "dt_bias", "D"]);
+
+/** `….mixer._fp32_params.X` → `….mixer.X` everywhere in the key. */
+export function stripMambaFp32Holder(key: string): string {
+  return key.replace(/(\.mixer)\._fp32_params\./g, "$1.");
+}
+
+/** `….mixer.{A_log,D,dt_bias}` → `….mixer._fp32_params.…` (only the last `.mixer.` segment counts). */
+export function routeMambaFp32Holder(key: string): string {
+  if (key.includes("._fp32_params.") || !key.includes(".mixer.")) return key;
+  const at = key.lastIndexOf(".mixer.");
+  const tail = key.slice(at + ".mixer.".length);
+  if (!MAMBA_FP32_NAMES.has(tail)) return key;
+  return `${key.slice(0, at)}.mixer._fp32_params.${tail}`;
+}
+
+export function isMambaFp32Key(key: string): boolean {
+  const at = key.lastIndexOf(".mixer.");
+  if (at < 0) return false;
+  const tail = key.slice(at + ".mixer.".length);
+  if (MAMBA_FP32_NAMES.has(tail)) return true;
+  return tail.startsWith("_fp32_params.") && MAMBA_FP32_NAMES.has(tail.slice("_fp32_params.".length));
+}
+
+/** Mamba's A_log, D and dt_bias live in float32 whatever the checkpoint holds. */
+function upcastMambaFp32(key: string, t: PlannedTensor): PlannedTensor {
+  return renamed(t, key, isMambaFp32Key(key) && isFloat(t.dtype) ? "F32" : t.dtype);
+}
+
+export function hfKeyToNative(key: string): string {
+  return key
+    .replace(/^((?:base_model\.model\.)?backbone)\.norm_f\.weight$/, "$1.norm.weight")
+    .replace(/^((?:base_model\.model\.)?backbone)\.embeddings\.weight$/, "$1.embed_tokens.weight")
+    .replace(/^(base_model\.model\.)?backbone\./, (_m, outer: string | undefined) => `${outer ?? ""}model.`);
+}
+
+export function nativeKeyToHf(key: string): string {
+  return stripMambaFp32Holder(key)
+    .replace(/^model\./, "backbone.")
+    .replace(/^backbone\.norm\.weight$/, "backbone.norm_f.weight")
+    .replace(/^backbone\.embed_tokens\.weight$/, "backbone.embeddings.weight");
+}
+
+export function resolveDType(dtype: DType | string | undefined): DType {
+  if (dtype === undefined) return "BF16";
+  const d = isDType(dtype) ? dtype : parseDTypeAlias(dtype);
+  if (d !== "BF16" && d !== "F16" && d !== "F32") {
+    throw new UsageError(`unsupported expert dtype ${JSON.stringify(dtype)}: use bf16, f16 or f32`);
+  }
+  return d;
+}
+
+function isLlmConfig(c: unknown): c is LlmConfig {
+  return typeof c === "object" && c !== null && typeof (c as LlmConfig).numHiddenLayers === "number";
+}
+
+/**
+ * NemotronH language model: HF (`backbone.*`, per-expert weights) ⇄ NeMo Automodel (`model.*`, grouped
+ * experts, Mamba float32 holders, MTP), bit-identical to the reference NemotronV3StateDictAdapter.
+ */
+export class NemotronV3StateDictAdapter {
+  readonly config: LlmConfig;
+  /** Undefined for dense models: no expert rule applies. */
+  readonly expertRules: ExpertRules | undefined;
+  readonly logger: Logger | undefined;
+
+  constructor(config: LlmConfig | Record<string, unknown>, options: AdapterOptions = {}) {
+    this.config = isLlmConfig(config) ? config : parseLlmConfig(config);
+    this.logger = options.logger;
+    const activation = options.expertActivation ?? "relu2";
+    if (activation !== "relu2" && !isGatedActivation(activation)) {
+      throw new UsageError(`unknown expert activation ${JSON.stringify(activation)}`);
+    }
+    const dtype = resolveDType(options.dtype);
+    const { nRoutedExperts, moeIntermediateSize } = this.config;
+    this.expertRules =
+      nRoutedExperts === undefined
+        ? undefined
+        : { nExperts: nRoutedExperts, interDim: moeIntermediateSize ?? 0, gated: isGatedActivation(activation), dtype };
+  }
+
+  /** HF → native on a plan dict of language-model keys (the `language_model.` prefix already removed). */
+  planFromHfDict(
+    dict: PlanDict,
+    options: FromHfOptions,
+    diags: Diagnostics,
+    display: (key: string) => string = (k) => k,
+  ): PlanDict {
+    if (options.ep && this.expertRules) expertRange(this.expertRules.nExperts, options.ep);
+    const layers = this.config.numHiddenLayers;
+    const backbone: PlanDict = new Map();
+    const mtp: PlanDict = new Map();
+    for (const [key, t] of dict) {
+      const m = /^(?:backbone|model)\.layers\.(\d+)\./.exec(key);
+      if (layers > 0 && m && Number(m[1]) >= layers) {
+        diags.add("layer-dropped", `${display(key)}: layer ${m[1]} is at or past num_hidden_layers=${layers}; dropped`, display(key));
+        continue;
+      }
+      (key.startsWith("mtp.") ? mtp : backbone).set(key, t);
+    }
+
+    const renamedDict: PlanDict = new Map();
+    for (const [key, t] of backbone) {
+      const k = routeMambaFp32Holder(hfKeyToNative(key));
+      put(renamedDict, k, upcastMambaFp32(k, t));
+    }
+    const rules = this.expertRules;
+    const merged = rules ? mergeExperts(renamedDict, rules, options.ep, diags, (k) => display(nativeKeyToHf(k))) : renamedDict;
+
+    if (mtp.size > 0) {
+      const stripped: PlanDict = new Map();
+      for (const [key, t] of mtp) {
+        const k = routeMambaFp32Holder(key.slice("mtp.".length));
+        put(stripped, k, upcastMambaFp32(k, t));
+      }
+      const mergedMtp = rules ? mergeExperts(stripped, rules, options.ep, diags, (k) => display(`mtp.${stripMambaFp32Holder(k)}`)) : stripped;
+      for (const [k, t] of mergedMtp) put(merged, `mtp.${k}`, t);
+    }
+    return merged;
+  }
+
+  /** Native → HF for one tensor (`convert_single_tensor_to_hf`); the exclude regex sees the HF keys. */
+  planSingleToHf(fqn: string, t: PlannedTensor, options: ToHfOptions, diags: Diagnostics): PlannedTensor[] {
+    const rules = this.expertRules;
+    const v4Compatible = options.v4Compatible ?? false;
+    let result: PlannedTensor[];
+    if (fqn.startsWith("mtp.")) {
+      const key = stripMambaFp32Holder(fqn);
+      const split = rules ? splitExpertTensor(key, t, rules, { prefix: "mtp.", v4Compatible }, diags) : undefined;
+      result = (split ?? [renamed(t, key)]).map((r) => upcastMambaFp32(r.name, r));
+    } else {
+      const split = rules ? splitExpertTensor(fqn, t, rules, { prefix: "backbone.", v4Compatible }, diags) : undefined;
+      if (split) result = renameAll(split, nativeKeyToHf);
+      else {
+        const key = nativeKeyToHf(fqn);
+        result = [upcastMambaFp32(key, renamed(t, key))];
+      }
+    }
+    if (options.excludeKeyRegex !== undefined) {
+      const re = compileKeyRegex(options.excludeKeyRegex);
+      result = result.filter((r) => !re.test(r.name));
+    }
+    return result;
+  }
+
+  planToHfDict(dict: PlanDict, options: ToHfOptions, diags: Diagnostics): PlanDict {
+    const out: PlanDict = new Map();
+    for (const [fqn, t] of dict) for (const r of this.planSingleToHf(fqn, t, options, diags)) put(out, r.name, r);
+    return out;
+  }
+
+  planFromHf(headers: HeaderMap, options: FromHfOptions = {}): Plan {
+    const diags = new Diagnostics(this.logger);
+    const dict = this.planFromHfDict(dictFromHeaders(headers), options, diags);
+    return { tensors: [...dict.values()], diagnostics: diags.list };
+  }
+
+  planToHf(headers: HeaderMap, options: ToHfOptions = {}): Plan {
+    const diags = new Diagnostics(this.logger);
+    const dict = this.planToHfDict(dictFromHeaders(headers), options, diags);
+    return { tensors: [...dict.values()], diagnostics: diags.list };
+  }
+
+  fromHf(stateDict: StateDict, options: FromHfOptions = {}): Map<string, Tensor> {
+    const sd = toMap(stateDict);
+    return run(this.planFromHf(sd, options), sd);
+  }
+
+  toHf(stateDict: StateDict, options: ToHfOptions = {}): Map<string, Tensor> {
+    const sd = toMap(stateDict);
+    return run(this.planToHf(sd, options), sd);
+  }
+
+  convertSingleTensorToHf(fqn: string, tensor: Tensor, options: ToHfOptions = {}): [string, Tensor][] {
+    const diags = new Diagnostics(this.logger);
+    const planned = this.planSingleToHf(fqn, inputTensor(fqn, tensor), options, diags);
+    return planned.map((t) => [t.name, materialize(t, () => tensor)]);
+  }
+}
+
+/** Execute a plan against in-memory inputs. */
+export function run(plan: Plan, inputs: ReadonlyMap<string, Tensor>): Map<string, Tensor> {
+  const get = lookup(inputs);
+  const out = new Map<string, Tensor>();
+  for (const t of plan.tensors) out.set(t.name, materialize(t, get));
+  return out;
+}

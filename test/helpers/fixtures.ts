@@ -1,0 +1,68 @@
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { fileURLToPath } from "node:url";
+import { Checkpoint } from "../../src/safetensors/checkpoint.js";
+import type { Tensor } from "../../src/tensor/tensor.js";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const repoRoot = path.resolve(here, "../..");
+/** `../shared` beside the clone, read-only in CI. */
+export const sharedDir = path.resolve(repoRoot, "../shared");
+export const oracleDir = path.join(sharedDir, "fixtures/oracle");
+
+export interface OracleCase {
+  readonly name: string;
+  readonly dir: string;
+  readonly direction: "native" | "hf";
+  readonly args: readonly string[];
+}
+
+export function oracleCases(): OracleCase[] {
+  return fs
+    .readdirSync(oracleDir)
+    .sort()
+    .map((name) => {
+      const dir = path.join(oracleDir, name);
+      const c = JSON.parse(fs.readFileSync(path.join(dir, "case.json"), "utf8")) as { direction: "native" | "hf"; args: string[] };
+      return { name, dir, direction: c.direction, args: c.args };
+    });
+}
+
+/** Every tensor of a (small) checkpoint in memory: for fixtures only. */
+export function loadAll(location: string): Map<string, Tensor> {
+  const ckpt = Checkpoint.open(location);
+  try {
+    const out = new Map<string, Tensor>();
+    for (const t of ckpt.tensors.values()) out.set(t.name, t.file.readTensor(t.name));
+    return out;
+  } finally {
+    ckpt.close();
+  }
+}
+
+export function readConfig(dir: string): Record<string, unknown> {
+  return JSON.parse(fs.readFileSync(path.join(dir, "config.json"), "utf8")) as Record<string, unknown>;
+}
+
+/** Value of `--flag V` in a case's args. */
+export function flag(args: readonly string[], name: string): string | undefined {
+  const i = args.indexOf(name);
+  return i >= 0 ? args[i + 1] : undefined;
+}
+
+/** Differences between two in-memory checkpoints, as readable lines (empty when identical). */
+export function compareTensors(actual: ReadonlyMap<string, Tensor>, expected: ReadonlyMap<string, Tensor>): string[] {
+  const problems: string[] = [];
+  for (const name of expected.keys()) if (!actual.has(name)) problems.push(`missing ${name}`);
+  for (const name of actual.keys()) if (!expected.has(name)) problems.push(`unexpected ${name}`);
+  for (const [name, e] of expected) {
+    const a = actual.get(name);
+    if (!a) continue;
+    if (a.dtype !== e.dtype) problems.push(`${name}: dtype ${a.dtype} != ${e.dtype}`);
+    else if (a.shape.join(",") !== e.shape.join(",")) problems.push(`${name}: shape [${a.shape}] != [${e.shape}]`);
+    else if (Buffer.compare(Buffer.from(a.data.buffer, a.data.byteOffset, a.data.byteLength), Buffer.from(e.data.buffer, e.data.byteOffset, e.data.byteLength)) !== 0) {
+      problems.push(`${name}: bytes differ`);
+    }
+  }
+  return problems;
+}
