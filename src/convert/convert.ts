@@ -1,0 +1,135 @@
+import * as fs from "node:fs";
+import * as path from "node:path";
+import type { Diagnostic } from "../adapters/plan.js";
+import { FormatError, InputError } from "../errors.js";
+import { CONFIG_FILE, Checkpoint } from "../safetensors/checkpoint.js";
+import { SafetensorsFile } from "../safetensors/file.js";
+import { DEFAULT_MAX_SHARD_SIZE, ShardedWriter, writeFileDurably } from "../safetensors/sharded-writer.js";
+import { WriteError } from "../safetensors/writer.js";
+import type { TensorInfo } from "../tensor/tensor.js";
+import { copyAuxFiles } from "./aux-files.js";
+import { BufferPool } from "./buffer-pool.js";
+import type { Layout } from "./layout.js";
+import { OutputFolder } from "./output-folder.js";
+import { type ConversionPlan, type ConvertOptions, planConversion, planInput } from "./planner.js";
+import { type TensorSource, streamTensors } from "./stream.js";
+
+export interface ConvertRequest extends ConvertOptions {
+  readonly src: string;
+  readonly dst: string;
+  readonly force?: boolean;
+  readonly maxShardSize?: number;
+  readonly followSymlinks?: boolean;
+  /** Called once the plan is known, before any byte is written. */
+  readonly onPlan?: (plan: ConversionPlan) => void;
+  /** Bytes written so far, tensors completed so far. */
+  readonly onProgress?: (bytesDone: number, tensorsDone: number) => void;
+}
+
+export interface ConvertSummary {
+  readonly src: string;
+  readonly dst: string;
+  readonly from: Layout;
+  readonly to: Layout;
+  readonly tensorsIn: number;
+  readonly tensorsOut: number;
+  readonly bytesIn: number;
+  readonly bytesOut: number;
+  readonly files: readonly string[];
+  readonly auxFiles: readonly string[];
+  readonly skippedFiles: readonly string[];
+  readonly configChanged: boolean;
+  readonly warnings: readonly Diagnostic[];
+  readonly notes: readonly string[];
+  readonly seconds: number;
+}
+
+/** Positional reads of a checkpoint's tensors. */
+export function checkpointSource(ckpt: Checkpoint): TensorSource {
+  const get = (name: string) => {
+    const t = ckpt.tensors.get(name);
+    if (!t) throw new Error(`internal: no input tensor ${JSON.stringify(name)}`);
+    return t;
+  };
+  return {
+    info: (name): TensorInfo => get(name),
+    read: (name, offset, buf) => {
+      const t = get(name);
+      return t.file.readRange(t.entry, offset, buf);
+    },
+  };
+}
+
+/** Confirm a finished shard on disk: its size, and a fresh read and validation of its header. */
+function verifyShard(file: string, expectedSize: number): void {
+  const size = fs.statSync(file).size;
+  if (size !== expectedSize) throw new WriteError(`${file}: is ${size} bytes after writing, expected ${expectedSize}`);
+  try {
+    SafetensorsFile.open(file).close();
+  } catch (e) {
+    throw new WriteError(`${file}: does not read back as valid safetensors: ${(e as Error).message}`);
+  }
+}
+
+/**
+ * Convert a checkpoint folder on disk, streaming tensor by tensor into a temporary sibling of DST that
+ * is renamed into place only when complete and verified. SRC is only ever read.
+ */
+export async function convertCheckpoint(req: ConvertRequest): Promise<ConvertSummary> {
+  const started = performance.now();
+  const ckpt = Checkpoint.open(req.src, req.followSymlinks ? { followSymlinks: true } : {});
+  try {
+    if (ckpt.dir === undefined) throw new InputError(`${req.src}: convert needs a checkpoint folder (with config.json), not a single file`);
+    const configFile = path.join(ckpt.dir, CONFIG_FILE);
+    const plan = planConversion(planInput(ckpt), ckpt.readConfig(), configFile, req);
+    req.onPlan?.(plan);
+
+    const out = OutputFolder.prepare(req.dst, { source: ckpt.dir, ...(req.force ? { force: true } : {}) });
+    let writer: ShardedWriter | undefined;
+    try {
+      writer = new ShardedWriter(out.tmp, plan.tensors, req.maxShardSize ?? DEFAULT_MAX_SHARD_SIZE);
+      const sink = writer;
+      let bytesDone = 0;
+      let tensorsDone = plan.tensors.filter((t) => t.shape.some((d) => d === 0)).length;
+      await streamTensors(plan.tensors, checkpointSource(ckpt), { write: (n, o, b) => sink.write(n, o, b) }, {
+        pool: new BufferPool(),
+        onProgress: (bytes, tensorDone) => {
+          bytesDone += bytes;
+          if (tensorDone) tensorsDone++;
+          req.onProgress?.(bytesDone, tensorsDone);
+        },
+      });
+      const files = await writer.finish(verifyShard);
+      if (plan.outputConfig) writeFileDurably(path.join(out.tmp, CONFIG_FILE), `${JSON.stringify(plan.outputConfig, null, 2)}\n`);
+      const aux = copyAuxFiles(ckpt.dir, out.tmp, ckpt.weightFiles, {
+        skipConfig: plan.outputConfig !== undefined,
+        ...(req.followSymlinks ? { followSymlinks: true } : {}),
+      });
+      if (!fs.existsSync(path.join(out.tmp, CONFIG_FILE))) throw new FormatError(configFile, "was not copied to the output");
+      out.commit();
+      return {
+        src: req.src,
+        dst: req.dst,
+        from: plan.source,
+        to: plan.target,
+        tensorsIn: ckpt.tensors.size,
+        tensorsOut: plan.tensors.length,
+        bytesIn: plan.inputBytes,
+        bytesOut: plan.outputBytes,
+        files,
+        auxFiles: aux.copied,
+        skippedFiles: aux.skipped,
+        configChanged: plan.outputConfig !== undefined,
+        warnings: plan.warnings,
+        notes: out.notes,
+        seconds: (performance.now() - started) / 1000,
+      };
+    } catch (e) {
+      writer?.abandon();
+      out.abort();
+      throw e;
+    }
+  } finally {
+    ckpt.close();
+  }
+}

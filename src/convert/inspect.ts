@@ -1,0 +1,111 @@
+import * as path from "node:path";
+import { type ModelConfig, parseModelConfig } from "../adapters/config.js";
+import { CONFIG_FILE, Checkpoint } from "../safetensors/checkpoint.js";
+import { planShards } from "../safetensors/sharded-writer.js";
+import { tensorBytes } from "../safetensors/writer.js";
+import type { DType } from "../tensor/dtype.js";
+import { numel } from "../tensor/tensor.js";
+import { COMPONENTS, type Component, componentOf } from "./components.js";
+import { checkConsistency } from "./consistency.js";
+import { type Layout, detectLayout } from "./layout.js";
+import { planConversion, planInput } from "./planner.js";
+
+export interface ComponentStats {
+  readonly component: Component;
+  readonly tensors: number;
+  readonly params: number;
+  readonly bytes: number;
+  /** Tensor count per dtype. */
+  readonly dtypes: Readonly<Partial<Record<DType, number>>>;
+}
+
+export interface InspectReport {
+  readonly location: string;
+  readonly layout: Layout | undefined;
+  readonly files: number;
+  readonly tensors: number;
+  readonly params: number;
+  readonly bytes: number;
+  readonly components: readonly ComponentStats[];
+  readonly model?: {
+    readonly kind: ModelConfig["kind"];
+    readonly layers: number;
+    readonly pattern?: string;
+    readonly experts?: number;
+    readonly expertWidth?: number;
+    readonly hidden?: number;
+    readonly mtpLayers?: number;
+  };
+  /** Experts per grouped tensor when this native checkpoint is one expert-parallel rank's slice. */
+  readonly epSlice?: { readonly experts: number; readonly of: number };
+  /** Why config.json could not be read, or where it disagrees with the tensors. */
+  readonly configProblems: readonly string[];
+  readonly convert?:
+    | { readonly to: Layout; readonly tensors: number; readonly bytes: number; readonly files: number }
+    | { readonly to: Layout; readonly error: string };
+}
+
+/** Everything `inspect` shows, from headers and config.json alone: instant even on the 62 GB model. */
+export function inspectCheckpoint(location: string, options: { followSymlinks?: boolean } = {}): InspectReport {
+  const ckpt = Checkpoint.open(location, options.followSymlinks ? { followSymlinks: true } : {});
+  try {
+    const stats = new Map<Component, { tensors: number; params: number; bytes: number; dtypes: Partial<Record<DType, number>> }>();
+    let params = 0;
+    for (const t of ckpt.tensors.values()) {
+      const c = componentOf(t.name);
+      const s = stats.get(c) ?? { tensors: 0, params: 0, bytes: 0, dtypes: {} };
+      const n = numel(t.shape);
+      s.tensors++;
+      s.params += n;
+      s.bytes += tensorBytes(t);
+      s.dtypes[t.dtype] = (s.dtypes[t.dtype] ?? 0) + 1;
+      stats.set(c, s);
+      params += n;
+    }
+    const components = COMPONENTS.filter((c) => stats.has(c)).map((c) => ({ component: c, ...stats.get(c)! }));
+    const layout = detectLayout(ckpt.tensors.keys()).layout;
+    const base = { location, layout, files: ckpt.files.length, tensors: ckpt.tensors.size, params, bytes: ckpt.totalBytes, components };
+    if (ckpt.dir === undefined) return { ...base, configProblems: ["a bare .safetensors file has no config.json"] };
+
+    const configFile = path.join(ckpt.dir, CONFIG_FILE);
+    let raw: Record<string, unknown>;
+    let config: ModelConfig;
+    try {
+      raw = ckpt.readConfig();
+      config = parseModelConfig(raw, configFile);
+    } catch (e) {
+      return { ...base, configProblems: [(e as Error).message] };
+    }
+    const llm = config.llm;
+    const model = {
+      kind: config.kind,
+      layers: llm.numHiddenLayers,
+      ...(llm.hybridOverridePattern !== undefined ? { pattern: llm.hybridOverridePattern } : {}),
+      ...(llm.nRoutedExperts !== undefined ? { experts: llm.nRoutedExperts } : {}),
+      ...(llm.moeIntermediateSize !== undefined ? { expertWidth: llm.moeIntermediateSize } : {}),
+      ...(llm.hiddenSize !== undefined ? { hidden: llm.hiddenSize } : {}),
+      ...(llm.numNextnPredictLayers !== undefined ? { mtpLayers: llm.numNextnPredictLayers } : {}),
+    };
+    const report = layout ? checkConsistency(config, layout, planInput(ckpt).headers) : undefined;
+    const epSlice = report?.epSliceExperts !== undefined && llm.nRoutedExperts !== undefined ? { experts: report.epSliceExperts, of: llm.nRoutedExperts } : undefined;
+    let convert: InspectReport["convert"];
+    if (layout) {
+      const to: Layout = layout === "hf" ? "native" : "hf";
+      try {
+        const plan = planConversion(planInput(ckpt), raw, configFile, { to });
+        convert = { to, tensors: plan.tensors.length, bytes: plan.outputBytes, files: planShards(plan.tensors).length };
+      } catch (e) {
+        convert = { to, error: (e as Error).message };
+      }
+    }
+    return {
+      ...base,
+      model,
+      ...(epSlice ? { epSlice } : {}),
+      configProblems: report?.problems ?? [],
+      ...(convert ? { convert } : {}),
+    };
+  } finally {
+    ckpt.close();
+  }
+}

@@ -1,0 +1,235 @@
+import * as crypto from "node:crypto";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { InputError, UsageError } from "../errors.js";
+import { WriteError } from "../safetensors/writer.js";
+import { describeIoError } from "../safetensors/source.js";
+
+const TMP_TAG = ".omni-ckpt-tmp-";
+const OLD_TAG = ".omni-ckpt-old-";
+const LOCK_TAG = ".omni-ckpt.lock";
+
+export interface PrepareOptions {
+  /** Replace an existing, non-empty destination. */
+  readonly force?: boolean;
+  /** The source folder: the destination may not be it, nor lie inside it. */
+  readonly source?: string;
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/** Resolve symlinks as far as the path exists, so comparisons see through them. */
+function realish(p: string): string {
+  const abs = path.resolve(p);
+  let head = abs;
+  const tail: string[] = [];
+  for (;;) {
+    try {
+      return path.join(fs.realpathSync(head), ...tail);
+    } catch {
+      const parent = path.dirname(head);
+      if (parent === head) return abs;
+      tail.unshift(path.basename(head));
+      head = parent;
+    }
+  }
+}
+
+function within(child: string, parent: string): boolean {
+  return child === parent || child.startsWith(parent.endsWith(path.sep) ? parent : parent + path.sep);
+}
+
+function fsyncPath(p: string): void {
+  const fd = fs.openSync(p, "r");
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+const active = new Set<OutputFolder>();
+let handlersInstalled = false;
+
+/** On Ctrl-C or a kill, remove what is half-built before exiting; a SIGKILL leaves it for the next run. */
+function installSignalHandlers(): void {
+  if (handlersInstalled) return;
+  handlersInstalled = true;
+  const onSignal = (signal: NodeJS.Signals, code: number): void => {
+    const had = active.size > 0;
+    for (const o of [...active]) o.abort();
+    if (had) process.stderr.write(`omni-ckpt: interrupted by ${signal}; the partial output was removed\n`);
+    process.exit(code);
+  };
+  process.on("SIGINT", () => onSignal("SIGINT", 130));
+  process.on("SIGTERM", () => onSignal("SIGTERM", 143));
+  process.on("exit", () => {
+    for (const o of [...active]) o.abort();
+  });
+}
+
+/**
+ * A destination folder built beside its final place and renamed into it only when complete, so DST is
+ * either absent, the old content, or the whole new checkpoint — never a mix. A lock file beside it keeps
+ * two conversions from racing for the same DST; leftovers of killed runs are removed on the next.
+ */
+export class OutputFolder {
+  /** What the preparation found worth telling (stale leftovers removed). */
+  readonly notes: string[] = [];
+  private done = false;
+
+  private constructor(
+    readonly dst: string,
+    readonly tmp: string,
+    private readonly lock: string,
+    private readonly force: boolean,
+  ) {}
+
+  static prepare(dst: string, options: PrepareOptions = {}): OutputFolder {
+    const target = realish(dst);
+    if (options.source !== undefined) {
+      const src = realish(options.source);
+      if (within(target, src)) {
+        throw new UsageError(`destination ${dst} is ${target === src ? "the source itself" : "inside the source folder"}; choose another`);
+      }
+      if (options.force && within(src, target)) {
+        throw new UsageError(`--force would replace ${dst}, which contains the source ${options.source}`);
+      }
+    }
+    checkDestination(dst, target, options.force ?? false);
+    const parent = path.dirname(target);
+    const base = path.basename(target);
+    try {
+      fs.mkdirSync(parent, { recursive: true });
+    } catch (e) {
+      throw new WriteError(`${parent}: cannot create the destination's parent folder: ${describeIoError(e)}`);
+    }
+    const lock = path.join(parent, `.${base}${LOCK_TAG}`);
+    takeLock(lock, dst);
+    const tmp = path.join(parent, `.${base}${TMP_TAG}${process.pid}-${crypto.randomBytes(4).toString("hex")}`);
+    const folder = new OutputFolder(target, tmp, lock, options.force ?? false);
+    try {
+      folder.removeLeftovers(parent, base);
+      fs.mkdirSync(tmp);
+    } catch (e) {
+      releaseLock(lock);
+      throw e instanceof WriteError ? e : new WriteError(`${tmp}: cannot create the temporary folder: ${describeIoError(e)}`);
+    }
+    installSignalHandlers();
+    active.add(folder);
+    return folder;
+  }
+
+  private removeLeftovers(parent: string, base: string): void {
+    for (const name of fs.readdirSync(parent)) {
+      for (const tag of [TMP_TAG, OLD_TAG]) {
+        const prefix = `.${base}${tag}`;
+        if (!name.startsWith(prefix)) continue;
+        const pid = Number(name.slice(prefix.length).split("-")[0]);
+        if (Number.isInteger(pid) && pid !== process.pid && isAlive(pid)) continue;
+        fs.rmSync(path.join(parent, name), { recursive: true, force: true });
+        this.notes.push(`removed ${path.join(parent, name)}, left by an interrupted run`);
+      }
+    }
+  }
+
+  /**
+   * Put the finished folder in place: sync it, move an old DST aside (with --force), rename, sync the
+   * parent, then delete the old copy.
+   */
+  commit(): void {
+    const parent = path.dirname(this.dst);
+    fsyncPath(this.tmp);
+    let old: string | undefined;
+    try {
+      if (fs.existsSync(this.dst)) {
+        const st = fs.lstatSync(this.dst);
+        if (st.isDirectory() && fs.readdirSync(this.dst).length === 0) fs.rmdirSync(this.dst);
+        else if (this.force) {
+          old = path.join(parent, `.${path.basename(this.dst)}${OLD_TAG}${process.pid}-${crypto.randomBytes(4).toString("hex")}`);
+          fs.renameSync(this.dst, old);
+        } else throw new InputError(`${this.dst} appeared while converting; pass --force to replace it`);
+      }
+      fs.renameSync(this.tmp, this.dst);
+    } catch (e) {
+      if (old !== undefined && !fs.existsSync(this.dst)) fs.renameSync(old, this.dst);
+      if (e instanceof InputError) throw e;
+      throw new WriteError(`${this.dst}: cannot move the finished checkpoint into place: ${describeIoError(e)}`);
+    }
+    fsyncPath(parent);
+    if (old !== undefined) fs.rmSync(old, { recursive: true, force: true });
+    this.finish();
+  }
+
+  /** Remove everything this run created. Safe to call more than once, and from a signal handler. */
+  abort(): void {
+    if (this.done) return;
+    try {
+      fs.rmSync(this.tmp, { recursive: true, force: true });
+    } catch {
+      // The folder keeps its telling name; the next run removes it.
+    }
+    this.finish();
+  }
+
+  private finish(): void {
+    this.done = true;
+    releaseLock(this.lock);
+    active.delete(this);
+  }
+}
+
+function checkDestination(dst: string, target: string, force: boolean): void {
+  let st: fs.Stats;
+  try {
+    st = fs.lstatSync(target);
+  } catch {
+    return;
+  }
+  const empty = st.isDirectory() && fs.readdirSync(target).length === 0;
+  if (!empty && !force) {
+    throw new InputError(`${dst} already exists and is not empty; pass --force to replace it`);
+  }
+}
+
+function takeLock(lock: string, dst: string): void {
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      const fd = fs.openSync(lock, "wx", 0o644);
+      fs.writeSync(fd, `${process.pid}\n`);
+      fs.closeSync(fd);
+      return;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "EEXIST") {
+        throw new WriteError(`${lock}: cannot create the lock file: ${describeIoError(e)}`);
+      }
+      let pid = NaN;
+      try {
+        pid = Number(fs.readFileSync(lock, "utf8").trim());
+      } catch {
+        // Unreadable or vanished: treat as stale.
+      }
+      if (Number.isInteger(pid) && pid > 0 && isAlive(pid)) {
+        throw new InputError(`${dst} is being written by another omni-ckpt process (pid ${pid}); wait for it or choose another destination`);
+      }
+      fs.rmSync(lock, { force: true });
+    }
+  }
+  throw new InputError(`${dst}: could not take the lock ${lock}`);
+}
+
+function releaseLock(lock: string): void {
+  try {
+    const pid = Number(fs.readFileSync(lock, "utf8").trim());
+    if (pid === process.pid) fs.rmSync(lock, { force: true });
+  } catch {
+    // Nothing to release.
+  }
+}

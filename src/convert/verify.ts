@@ -1,0 +1,170 @@
+import * as path from "node:path";
+import type { PlannedTensor } from "../adapters/plan.js";
+import { CONFIG_FILE, Checkpoint } from "../safetensors/checkpoint.js";
+import { isFloat, itemSize } from "../tensor/dtype.js";
+import { castInto } from "../tensor/cast.js";
+import { type Tensor, type TensorInfo, numel, sameShape } from "../tensor/tensor.js";
+import { Scratch } from "../tensor/transfer.js";
+import { type Component, componentOf } from "./components.js";
+import { checkpointSource } from "./convert.js";
+import { type Layout, requireLayout } from "./layout.js";
+import { planConversion, planInput } from "./planner.js";
+import { type TensorSource, buildTensor } from "./stream.js";
+
+export interface ComponentCheck {
+  readonly component: Component;
+  readonly tensors: number;
+  /** Bit for bit equal. */
+  readonly exact: number;
+  /** Same values in a wider dtype (a documented upcast: Mamba A_log/D/dt_bias, the routing bias). */
+  readonly upcast: number;
+  readonly differ: number;
+  /** In the checkpoint but not produced by the round trip (dropped by a rule). */
+  readonly missing: number;
+}
+
+export interface VerifyReport {
+  readonly dir: string;
+  readonly path: readonly [Layout, Layout, Layout];
+  readonly tensors: number;
+  readonly bytes: number;
+  readonly components: readonly ComponentCheck[];
+  /** The first differences, one line each. */
+  readonly problems: readonly string[];
+  readonly exact: boolean;
+  readonly seconds: number;
+}
+
+export interface VerifyOptions {
+  readonly followSymlinks?: boolean;
+  readonly onProgress?: (bytesDone: number, tensorsDone: number, bytesTotal: number, tensorsTotal: number) => void;
+}
+
+const COMPARE_CHUNK = 16 * 1024 * 1024;
+const MAX_PROBLEMS = 20;
+
+/** Same values once both are widened to float64 (NaN equal to NaN): an exact upcast. */
+function sameValues(a: Tensor, b: Tensor): boolean {
+  if (!isFloat(a.dtype) || !isFloat(b.dtype) || !sameShape(a.shape, b.shape)) return false;
+  const n = numel(a.shape);
+  const wide = (t: Tensor): Float64Array => {
+    const out = new Float64Array(n);
+    const aligned = new Uint8Array(new ArrayBuffer(t.data.byteLength));
+    aligned.set(t.data);
+    castInto(aligned, t.dtype, new Uint8Array(out.buffer), "F64", n);
+    return out;
+  };
+  const x = wide(a);
+  const y = wide(b);
+  for (let i = 0; i < n; i++) if (!(x[i] === y[i] || (Number.isNaN(x[i]) && Number.isNaN(y[i])))) return false;
+  return true;
+}
+
+/**
+ * Prove that converting a checkpoint to the other layout and back returns every tensor bit for bit,
+ * without writing the converted copy anywhere: the intermediate tensors are built in memory one at a
+ * time, and each final tensor is compared with the original as it is read back in chunks.
+ */
+export async function verifyCheckpoint(dir: string, options: VerifyOptions = {}): Promise<VerifyReport> {
+  const started = performance.now();
+  const ckpt = Checkpoint.open(dir, options.followSymlinks ? { followSymlinks: true } : {});
+  try {
+    const configFile = path.join(ckpt.dir ?? dir, CONFIG_FILE);
+    const raw = ckpt.readConfig();
+    const input = planInput(ckpt);
+    const probe = requireLayout(input.headers.keys(), input.where);
+    const there: Layout = probe === "hf" ? "native" : "hf";
+    const forward = planConversion(input, raw, configFile, { to: there });
+    const middle = new Map<string, PlannedTensor>(forward.tensors.map((t) => [t.name, t]));
+    const middleHeaders = new Map<string, TensorInfo>(forward.tensors.map((t) => [t.name, { dtype: t.dtype, shape: t.shape }]));
+    const backward = planConversion({ headers: middleHeaders, where: `${dir} (converted in memory)` }, forward.outputConfig ?? raw, configFile, { to: probe });
+
+    const disk = checkpointSource(ckpt);
+    const scratch = new Scratch();
+    let held = new Map<string, Tensor>();
+    const intermediate: TensorSource = {
+      info: (name) => middleHeaders.get(name)!,
+      read: async (name, offset, buf) => {
+        const t = held.get(name);
+        if (!t) throw new Error(`internal: intermediate ${name} not built`);
+        buf.set(t.data.subarray(offset, offset + buf.byteLength));
+      },
+    };
+
+    // Finals that read the same intermediate run back to back, so each intermediate is built once.
+    const order = new Map(forward.tensors.map((t, i) => [t.name, i]));
+    const finals = [...backward.tensors].sort((a, b) => (order.get(a.pieces[0]?.src ?? "") ?? 0) - (order.get(b.pieces[0]?.src ?? "") ?? 0));
+    const counts = new Map<Component, { tensors: number; exact: number; upcast: number; differ: number; missing: number }>();
+    const bump = (name: string, key: "exact" | "upcast" | "differ" | "missing"): void => {
+      const c = componentOf(name);
+      const entry = counts.get(c) ?? { tensors: 0, exact: 0, upcast: 0, differ: 0, missing: 0 };
+      entry.tensors++;
+      entry[key]++;
+      counts.set(c, entry);
+    };
+    const problems: string[] = [];
+    const note = (line: string): void => {
+      if (problems.length < MAX_PROBLEMS) problems.push(line);
+    };
+    const bytesTotal = ckpt.totalBytes;
+    let bytesDone = 0;
+    let tensorsDone = 0;
+
+    for (const final of finals) {
+      const needed = new Set(final.pieces.map((p) => p.src));
+      const next = new Map<string, Tensor>();
+      for (const name of needed) next.set(name, held.get(name) ?? (await buildTensor(middle.get(name)!, disk, scratch)));
+      held = next;
+      const built = await buildTensor(final, intermediate, scratch);
+      const original = ckpt.tensors.get(final.name);
+      if (!original) {
+        note(`${final.name}: produced by the round trip but not in the checkpoint`);
+        bump(final.name, "differ");
+        continue;
+      }
+      if (original.dtype === built.dtype && sameShape(original.shape, built.shape)) {
+        let same = true;
+        const size = built.data.byteLength;
+        for (let at = 0; at < size && same; at += COMPARE_CHUNK) {
+          const chunk = new Uint8Array(Math.min(COMPARE_CHUNK, size - at));
+          await disk.read(final.name, at, chunk);
+          same = Buffer.compare(chunk, built.data.subarray(at, at + chunk.byteLength)) === 0;
+        }
+        bump(final.name, same ? "exact" : "differ");
+        if (!same) note(`${final.name}: bytes differ after the round trip`);
+      } else {
+        const orig: Tensor = { dtype: original.dtype, shape: original.shape, data: new Uint8Array(original.entry.end - original.entry.begin) };
+        await disk.read(final.name, 0, orig.data);
+        if (sameValues(orig, built) && itemSize(built.dtype) > itemSize(orig.dtype)) {
+          bump(final.name, "upcast");
+          note(`${final.name}: ${orig.dtype} came back as ${built.dtype} with the same values (upcast by rule)`);
+        } else {
+          bump(final.name, "differ");
+          note(`${final.name}: ${orig.dtype}[${orig.shape.join(", ")}] came back as ${built.dtype}[${built.shape.join(", ")}]`);
+        }
+      }
+      bytesDone += original.entry.end - original.entry.begin;
+      options.onProgress?.(bytesDone, ++tensorsDone, bytesTotal, ckpt.tensors.size);
+    }
+    const produced = new Set(backward.tensors.map((t) => t.name));
+    for (const name of ckpt.tensors.keys()) {
+      if (produced.has(name)) continue;
+      bump(name, "missing");
+      note(`${name}: lost in the round trip (a conversion rule drops it)`);
+    }
+    const components = [...counts.entries()].map(([component, c]) => ({ component, ...c }));
+    const exact = components.every((c) => c.exact === c.tensors);
+    return {
+      dir,
+      path: [probe, there, probe],
+      tensors: ckpt.tensors.size,
+      bytes: bytesTotal,
+      components,
+      problems,
+      exact,
+      seconds: (performance.now() - started) / 1000,
+    };
+  } finally {
+    ckpt.close();
+  }
+}
