@@ -1,0 +1,96 @@
+import type { Command } from "commander";
+import type { ExpertActivation } from "../../adapters/moe-experts.js";
+import { type ConvertSummary, convertCheckpoint } from "../../convert/convert.js";
+import type { Layout } from "../../convert/layout.js";
+import { UsageError } from "../../errors.js";
+import { formatBytes, formatCount, formatRate, formatSeconds, parseSize } from "../format.js";
+import { printJson, say, warn, warnList } from "../output.js";
+import { Progress } from "../progress.js";
+
+interface ConvertFlags {
+  to: string;
+  dtype?: string;
+  epRank?: string;
+  epSize?: string;
+  numLayers?: string;
+  exclude?: string;
+  v4Compatible?: boolean;
+  maxShardSize: string;
+  force?: boolean;
+  quiet?: boolean;
+  json?: boolean;
+  followSymlinks?: boolean;
+  expertActivation?: string;
+}
+
+/** A whole decimal integer, or a usage error naming the flag. */
+export function intFlag(value: string, flag: string): number {
+  if (!/^-?[0-9]+$/.test(value.trim())) throw new UsageError(`${flag} must be an integer, got ${JSON.stringify(value)}`);
+  return Number(value);
+}
+
+function describe(s: ConvertSummary): string {
+  const names = { hf: "HF", native: "native" } as const;
+  const files = s.files.length === 1 ? "1 file" : `${s.files.length} files`;
+  const aux = s.auxFiles.length > 0 ? ` + ${s.auxFiles.length} other file${s.auxFiles.length === 1 ? "" : "s"}` : "";
+  return (
+    `converted ${names[s.from]} → ${names[s.to]}: ${formatCount(s.tensorsIn)} → ${formatCount(s.tensorsOut)} tensors, ` +
+    `${formatBytes(s.bytesOut)} in ${files}${aux}, ${formatSeconds(s.seconds)} (${formatRate(s.bytesIn, s.seconds)}) → ${s.dst}`
+  );
+}
+
+export function registerConvert(program: Command): void {
+  program
+    .command("convert")
+    .description("convert a checkpoint folder between the HF and native layouts, streaming")
+    .argument("<src>", "checkpoint folder to read (never modified)")
+    .argument("<dst>", "folder to create")
+    .requiredOption("--to <layout>", "target layout: native or hf")
+    .option("--dtype <dtype>", "dtype of the grouped expert tensors (to native): bf16, f32 or f16 (default bf16)")
+    .option("--ep-rank <r>", "write only expert-parallel rank R's experts (to native)")
+    .option("--ep-size <n>", "number of expert-parallel ranks (to native)")
+    .option("--num-layers <n>", "keep only the first N language-model layers (to native)")
+    .option("--exclude <regex>", "drop tensors whose name matches this Python-style regex at its start (to hf)")
+    .option("--v4-compatible", "write expert LoRA per expert (PEFT v4) instead of the fused ParamWrapper form (to hf)")
+    .option("--expert-activation <act>", "expert activation: relu2 (this model) or a gated one (swiglu, geglu, …)")
+    .option("--max-shard-size <size>", "largest shard, e.g. 5GB, 500MB, 100KB", "5GB")
+    .option("--force", "replace DST if it exists")
+    .option("--follow-symlinks", "allow shards and files that are symlinks leading outside SRC")
+    .option("-q, --quiet", "print nothing but errors")
+    .option("--json", "print a machine-readable summary")
+    .action(async (src: string, dst: string, flags: ConvertFlags) => {
+      if (flags.to !== "native" && flags.to !== "hf") throw new UsageError(`--to must be native or hf, got ${JSON.stringify(flags.to)}`);
+      if ((flags.epRank === undefined) !== (flags.epSize === undefined)) throw new UsageError("--ep-rank and --ep-size go together");
+      const ep = flags.epRank !== undefined ? { rank: intFlag(flags.epRank, "--ep-rank"), size: intFlag(flags.epSize!, "--ep-size") } : undefined;
+      const quiet = flags.quiet === true || flags.json === true;
+      let progress: Progress | undefined;
+      const summary = await convertCheckpoint({
+        src,
+        dst,
+        to: flags.to as Layout,
+        ...(flags.dtype !== undefined ? { dtype: flags.dtype } : {}),
+        ...(ep ? { ep } : {}),
+        ...(flags.numLayers !== undefined ? { numLayers: intFlag(flags.numLayers, "--num-layers") } : {}),
+        ...(flags.exclude !== undefined ? { exclude: flags.exclude } : {}),
+        ...(flags.v4Compatible ? { v4Compatible: true } : {}),
+        ...(flags.expertActivation !== undefined ? { expertActivation: flags.expertActivation as ExpertActivation } : {}),
+        maxShardSize: parseSize(flags.maxShardSize),
+        ...(flags.force ? { force: true } : {}),
+        ...(flags.followSymlinks ? { followSymlinks: true } : {}),
+        onPlan: (plan) => {
+          progress = new Progress(!quiet, "converting", plan.outputBytes, plan.tensors.length);
+        },
+        onProgress: (bytes, tensors) => progress?.update(bytes, tensors),
+      }).finally(() => progress?.stop());
+      if (flags.json) {
+        printJson(summary);
+        return;
+      }
+      if (flags.quiet) return;
+      for (const n of summary.notes) warn(n);
+      warnList(summary.warnings.map((w) => `warning: ${w.message}`));
+      if (summary.skippedFiles.length > 0) warn(`not copied (weights of another checkpoint): ${summary.skippedFiles.join(", ")}`);
+      if (summary.configChanged) warn("config.json: num_hidden_layers and the layer pattern were cut to --num-layers");
+      say(describe(summary));
+    });
+}

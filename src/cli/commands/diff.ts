@@ -1,0 +1,40 @@
+import type { Command } from "commander";
+import { diffCheckpoints } from "../../convert/diff.js";
+import { EXIT_DIFFERENT } from "../../errors.js";
+import { formatCount, formatSeconds } from "../format.js";
+import { printJson, say } from "../output.js";
+import { Progress } from "../progress.js";
+
+export function registerDiff(program: Command): void {
+  program
+    .command("diff")
+    .description("compare two checkpoints of the same layout tensor by tensor (exit 0 only if identical)")
+    .argument("<a>", "checkpoint folder or .safetensors file")
+    .argument("<b>", "checkpoint folder or .safetensors file")
+    .option("--json", "print the report, with per-tensor sha256, as JSON")
+    .option("-q, --quiet", "print nothing; the exit code tells")
+    .option("--follow-symlinks", "allow shards that are symlinks leading outside the folders")
+    .action(async (a: string, b: string, flags: { json?: boolean; quiet?: boolean; followSymlinks?: boolean }) => {
+      let progress: Progress | undefined;
+      const report = await diffCheckpoints(a, b, {
+        ...(flags.followSymlinks ? { followSymlinks: true } : {}),
+        onProgress: (done, total) => {
+          progress ??= new Progress(!flags.quiet && !flags.json, "comparing", total);
+          progress.update(done);
+        },
+      }).finally(() => progress?.stop());
+      if (!report.identical) process.exitCode = EXIT_DIFFERENT;
+      if (flags.json) {
+        printJson(report);
+        return;
+      }
+      if (flags.quiet) return;
+      for (const d of report.differences.slice(0, 50)) say(`${d.name}: ${d.detail}`);
+      if (report.differences.length > 50) say(`… and ${report.differences.length - 50} more differences`);
+      say(
+        report.identical
+          ? `identical: ${formatCount(report.same)} tensors, same names, dtypes, shapes and bytes (${formatSeconds(report.seconds)})`
+          : `different: ${formatCount(report.differences.length)} differences, ${formatCount(report.same)} tensors identical (${formatSeconds(report.seconds)})`,
+      );
+    });
+}

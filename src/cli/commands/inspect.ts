@@ -1,0 +1,53 @@
+import type { Command } from "commander";
+import { type InspectReport, inspectCheckpoint } from "../../convert/inspect.js";
+import { layoutName } from "../../convert/layout.js";
+import { formatBytes, formatCount, table } from "../format.js";
+import { printJson, say } from "../output.js";
+
+function render(r: InspectReport): string {
+  const lines: string[] = [];
+  const layout = r.layout ? layoutName(r.layout) : "unknown (neither HF nor native names)";
+  lines.push(`${r.location}: ${layout} layout${r.epSlice ? `, expert-parallel slice (${r.epSlice.experts} of ${r.epSlice.of} experts per layer)` : ""}`);
+  lines.push(`${formatCount(r.tensors)} tensors, ${formatCount(r.params)} parameters, ${formatBytes(r.bytes)} in ${r.files} file${r.files === 1 ? "" : "s"}`);
+  lines.push("");
+  const rows = r.components.map((c) => [
+    c.component,
+    formatCount(c.tensors),
+    formatCount(c.params),
+    formatBytes(c.bytes),
+    Object.entries(c.dtypes)
+      .map(([d, n]) => `${d}×${n}`)
+      .join(" "),
+  ]);
+  lines.push(table(["component", "tensors", "parameters", "bytes", "dtypes"], rows, new Set([1, 2, 3])));
+  if (r.model) {
+    const m = r.model;
+    lines.push("");
+    lines.push(`model: ${m.kind === "omni" ? "Nemotron Omni" : "NemotronH"}, ${m.layers} language-model layers${m.hidden !== undefined ? `, hidden ${m.hidden}` : ""}`);
+    if (m.pattern !== undefined) lines.push(`layer pattern: ${m.pattern} (M Mamba, E MoE, * attention, - MLP)`);
+    lines.push(m.experts !== undefined ? `experts: ${m.experts} routed per MoE layer, width ${m.expertWidth}` : "experts: none (dense)");
+    if (m.mtpLayers !== undefined) lines.push(`MTP: ${m.mtpLayers} next-token prediction module${m.mtpLayers === 1 ? "" : "s"}`);
+  }
+  for (const p of r.configProblems) lines.push(`config.json problem: ${p}`);
+  if (r.convert) {
+    lines.push("");
+    const to = r.convert.to === "hf" ? "HF" : "native";
+    if ("error" in r.convert) lines.push(`convert --to ${r.convert.to}: not possible: ${r.convert.error}`);
+    else lines.push(`convert --to ${r.convert.to} would write ${formatCount(r.convert.tensors)} ${to} tensors, ${formatBytes(r.convert.bytes)} in ${r.convert.files} file${r.convert.files === 1 ? "" : "s"} (5 GB shards)`);
+  }
+  return lines.join("\n");
+}
+
+export function registerInspect(program: Command): void {
+  program
+    .command("inspect")
+    .description("describe a checkpoint from its headers: layout, components, model shape, what convert would produce")
+    .argument("<dir>", "checkpoint folder or .safetensors file")
+    .option("--json", "print the report as JSON")
+    .option("--follow-symlinks", "allow shards that are symlinks leading outside the folder")
+    .action((dir: string, flags: { json?: boolean; followSymlinks?: boolean }) => {
+      const report = inspectCheckpoint(dir, flags.followSymlinks ? { followSymlinks: true } : {});
+      if (flags.json) printJson(report);
+      else say(render(report));
+    });
+}

@@ -1,0 +1,35 @@
+import type { Command } from "commander";
+import { PRESETS } from "../../synth/presets.js";
+import { synthesize } from "../../synth/synth.js";
+import { UsageError } from "../../errors.js";
+import { formatBytes, formatCount, parseSize } from "../format.js";
+import { printJson, say } from "../output.js";
+import { intFlag } from "./convert.js";
+
+export function registerSynth(program: Command): void {
+  program
+    .command("synth")
+    .description("write a synthetic, structurally complete HF-layout Omni checkpoint (deterministic per seed)")
+    .argument("<dir>", "folder to create")
+    .option("--preset <name>", `size: ${Object.keys(PRESETS).join(", ")} (bench is about 1 GB)`, "tiny")
+    .option("--seed <n>", "random seed", "0")
+    .option("--dtype <dtype>", "weight dtype: bf16 or f32", "bf16")
+    .option("--scale <n>", "repeat the layer pattern N times (N× the size, same tensor sizes)", "1")
+    .option("--max-shard-size <size>", "largest shard, e.g. 5GB, 100KB", "5GB")
+    .option("--force", "replace DIR if it exists")
+    .option("--json", "print a machine-readable summary")
+    .action(async (dir: string, flags: { preset: string; seed: string; dtype: string; scale: string; maxShardSize: string; force?: boolean; json?: boolean }) => {
+      const dtype = flags.dtype.toLowerCase();
+      if (dtype !== "bf16" && dtype !== "f32") throw new UsageError(`--dtype must be bf16 or f32, got ${JSON.stringify(flags.dtype)}`);
+      const summary = await synthesize(dir, {
+        preset: flags.preset,
+        seed: intFlag(flags.seed, "--seed"),
+        dtype: dtype === "f32" ? "F32" : "BF16",
+        scale: intFlag(flags.scale, "--scale"),
+        maxShardSize: parseSize(flags.maxShardSize),
+        ...(flags.force ? { force: true } : {}),
+      });
+      if (flags.json) printJson(summary);
+      else say(`synthesized ${summary.preset} Omni checkpoint: ${formatCount(summary.tensors)} tensors, ${formatBytes(summary.bytes)} in ${summary.files.length} files → ${dir}`);
+    });
+}

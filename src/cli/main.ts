@@ -1,0 +1,54 @@
+#!/usr/bin/env node
+import * as fs from "node:fs";
+import { Command, CommanderError } from "commander";
+import { EXIT_INPUT, EXIT_INTERNAL, InputError, OmniCkptError } from "../errors.js";
+import { registerConvert } from "./commands/convert.js";
+import { registerDiff } from "./commands/diff.js";
+import { registerInspect } from "./commands/inspect.js";
+import { registerSynth } from "./commands/synth.js";
+import { registerVerify } from "./commands/verify.js";
+
+const version = (JSON.parse(fs.readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as { version: string }).version;
+
+/** One line on stderr; the stack only with --debug, and for our own bugs a pointer to it. */
+function report(e: unknown, debug: boolean): number {
+  const message = e instanceof Error ? e.message.split("\n")[0]! : String(e);
+  if (e instanceof OmniCkptError) {
+    process.stderr.write(`omni-ckpt: error: ${message}\n`);
+    if (debug && e.stack) process.stderr.write(`${e.stack}\n`);
+    return e instanceof InputError ? EXIT_INPUT : EXIT_INTERNAL;
+  }
+  process.stderr.write(`omni-ckpt: internal error: ${message}${debug ? "" : " (run with --debug for details)"}\n`);
+  if (debug && e instanceof Error && e.stack) process.stderr.write(`${e.stack}\n`);
+  return EXIT_INTERNAL;
+}
+
+export async function main(argv: readonly string[]): Promise<number> {
+  const debug = argv.includes("--debug");
+  const program = new Command()
+    .name("omni-ckpt")
+    .description("Convert Nemotron-3-Nano-Omni checkpoints between the Hugging Face and NeMo Automodel layouts.")
+    .version(version)
+    .option("--debug", "print stack traces with errors")
+    .showHelpAfterError(false)
+    .exitOverride()
+    .configureOutput({ writeErr: (s) => process.stderr.write(s.startsWith("error:") ? `omni-ckpt: ${s}` : s) });
+  for (const register of [registerConvert, registerInspect, registerVerify, registerDiff, registerSynth]) register(program);
+  for (const c of program.commands) c.exitOverride().option("--debug", "print stack traces with errors");
+  try {
+    await program.parseAsync(argv, { from: "user" });
+    return typeof process.exitCode === "number" ? process.exitCode : 0;
+  } catch (e) {
+    if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : EXIT_INPUT;
+    return report(e, debug);
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (e: unknown) => {
+    process.exitCode = report(e, process.argv.includes("--debug"));
+  },
+);

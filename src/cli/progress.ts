@@ -1,0 +1,53 @@
+import cliProgress from "cli-progress";
+import { formatBytes, formatCount } from "./format.js";
+
+/**
+ * A progress bar on stderr when it is a terminal: bytes and tensors done, rate and ETA. When output is
+ * piped (or --quiet/--json) it does nothing at all.
+ */
+export class Progress {
+  private bar: cliProgress.SingleBar | undefined;
+  private readonly started = performance.now();
+
+  constructor(
+    enabled: boolean,
+    private readonly label: string,
+    private readonly totalBytes: number,
+    private readonly totalTensors?: number,
+  ) {
+    if (!enabled || !process.stderr.isTTY) return;
+    const tensors = totalTensors !== undefined ? " | {tensors} tensors" : "";
+    this.bar = new cliProgress.SingleBar(
+      {
+        format: `${label} [{bar}] {percentage}% | {done}/{total}${tensors} | {rate} | ETA {eta_formatted}`,
+        stream: process.stderr,
+        hideCursor: true,
+        clearOnComplete: true,
+        barsize: 24,
+        etaBuffer: 20,
+        fps: 8,
+      },
+      cliProgress.Presets.shades_classic,
+    );
+    this.bar.start(Math.max(totalBytes, 1), 0, this.payload(0, 0));
+  }
+
+  private payload(bytes: number, tensors: number): Record<string, string> {
+    const secs = (performance.now() - this.started) / 1000;
+    return {
+      done: formatBytes(bytes),
+      total: formatBytes(this.totalBytes),
+      tensors: `${formatCount(tensors)}/${formatCount(this.totalTensors ?? 0)}`,
+      rate: secs > 0 ? `${formatBytes(bytes / secs)}/s` : "-",
+    };
+  }
+
+  update(bytes: number, tensors = 0): void {
+    this.bar?.update(bytes, this.payload(bytes, tensors));
+  }
+
+  stop(): void {
+    this.bar?.stop();
+    this.bar = undefined;
+  }
+}
