@@ -62,6 +62,8 @@ export class WriteError extends OmniCkptError {
  */
 export class SafetensorsFileWriter {
   private fd: number | undefined;
+  /** Data ranges already on disk, sorted, disjoint and merged; `written` is their total length. */
+  private readonly ranges: [number, number][] = [];
   private written = 0;
   readonly header: EncodedHeader;
   readonly size: number;
@@ -106,26 +108,56 @@ export class SafetensorsFileWriter {
     }
   }
 
-  private account(offset: number, length: number): void {
+  private checkRange(offset: number, length: number): void {
     if (offset < 0 || offset + length > this.header.dataSize) {
       throw new RangeError(`${this.path}: write of ${length} bytes at data offset ${offset} is outside the declared data`);
     }
-    this.written += length;
+  }
+
+  /**
+   * Count `[begin, end)` as written once it is on disk. Bytes written twice count once, so a repeated chunk
+   * cannot hide a missing one; writes still in flight do not count, so `complete` never lets `finish` close
+   * the file under them.
+   */
+  private record(begin: number, end: number): void {
+    if (begin === end) return;
+    const ranges = this.ranges;
+    let lo = 0;
+    let hi = ranges.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (ranges[mid]![1] < begin) lo = mid + 1;
+      else hi = mid;
+    }
+    let b = begin;
+    let e = end;
+    let covered = 0;
+    let j = lo;
+    for (; j < ranges.length && ranges[j]![0] <= e; j++) {
+      const r = ranges[j]!;
+      b = Math.min(b, r[0]);
+      e = Math.max(e, r[1]);
+      covered += r[1] - r[0];
+    }
+    ranges.splice(lo, j - lo, [b, e]);
+    this.written += e - b - covered;
   }
 
   /** Write `bytes` at `offset` within the data section. */
   writeSync(offset: number, bytes: Uint8Array): void {
-    this.account(offset, bytes.byteLength);
+    this.checkRange(offset, bytes.byteLength);
     this.writeFully(bytes, this.dataStart + offset);
+    this.record(offset, offset + bytes.byteLength);
   }
 
   write(offset: number, bytes: Uint8Array): Promise<void> {
-    this.account(offset, bytes.byteLength);
+    this.checkRange(offset, bytes.byteLength);
     const fd = this.handle();
     const position = this.dataStart + offset;
     return new Promise((resolve, reject) => {
       const step = (done: number): void => {
         if (done >= bytes.byteLength) {
+          this.record(offset, offset + bytes.byteLength);
           resolve();
           return;
         }
