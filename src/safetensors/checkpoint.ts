@@ -4,7 +4,7 @@ import { FormatError, InputError } from "../errors.js";
 import type { TensorInfo } from "../tensor/tensor.js";
 import { SafetensorsFile } from "./file.js";
 import type { TensorEntry } from "./header.js";
-import { type JsonValue, JsonSyntaxError, describeJson, isJsonObject, parseJson } from "./json.js";
+import { type JsonValue, JsonSyntaxError, describeJson, isJsonObject, parseJson, toPlain } from "./json.js";
 import { describeIoError, fileKind } from "./source.js";
 
 export const SINGLE_FILE = "model.safetensors";
@@ -59,8 +59,8 @@ export class Checkpoint {
 
     const indexPath = path.join(location, INDEX_FILE);
     const singlePath = path.join(location, SINGLE_FILE);
-    const hasIndex = fs.existsSync(indexPath);
-    const hasSingle = fs.existsSync(singlePath);
+    const hasIndex = present(indexPath);
+    const hasSingle = present(singlePath);
     if (hasIndex && hasSingle) {
       throw new InputError(`${location}: holds both ${SINGLE_FILE} and ${INDEX_FILE}; it is unclear which is the checkpoint`);
     }
@@ -85,7 +85,7 @@ export class Checkpoint {
   readConfig(): Record<string, unknown> {
     if (this.dir === undefined) throw new InputError("a bare .safetensors file has no config.json; pass a checkpoint folder");
     const file = path.join(this.dir, CONFIG_FILE);
-    const value = readJsonFile(file, MAX_CONFIG_BYTES, (text) => JSON.parse(text) as unknown);
+    const value = readJsonFile(file, MAX_CONFIG_BYTES, (text) => toPlain(parseJson(text)));
     if (value === null || typeof value !== "object" || Array.isArray(value)) {
       throw new FormatError(file, "is not a JSON object");
     }
@@ -95,6 +95,21 @@ export class Checkpoint {
   close(): void {
     for (const f of this.files) f.close();
   }
+}
+
+/** Whether a name exists in the folder; a symlink to nowhere is an error, not an absence. */
+function present(file: string): boolean {
+  try {
+    fs.lstatSync(file);
+  } catch {
+    return false;
+  }
+  try {
+    fs.statSync(file);
+  } catch (e) {
+    throw new FormatError(file, `cannot be opened: ${describeIoError(e)} (a broken symlink?)`);
+  }
+  return true;
 }
 
 function tensorMap(files: readonly SafetensorsFile[]): Map<string, StoredTensor> {

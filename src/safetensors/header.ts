@@ -64,6 +64,9 @@ export function parseHeader(bytes: Uint8Array, dataSize: number, file: string): 
   try {
     root = parseJson(text);
   } catch (e) {
+    if (e instanceof JsonSyntaxError && e.duplicate?.depth === 1 && e.duplicate.key !== "__metadata__") {
+      throw new FormatError(file, `appears twice in the header (JSON.parse would silently keep the last)`, e.duplicate.key);
+    }
     if (e instanceof JsonSyntaxError) throw new FormatError(file, `header is not valid JSON: ${e.message}`);
     throw e;
   }
@@ -121,7 +124,7 @@ function parseEntry(name: string, value: JsonValue, file: string): TensorEntry {
 
   const count = numelOrUndefined(shape);
   const bytes = count === undefined ? undefined : count * itemSize(dtype);
-  if (bytes === undefined || !Number.isSafeInteger(bytes)) fail(`shape ${formatShape(shape)} holds more than 2^53 bytes`);
+  if (bytes === undefined || !Number.isSafeInteger(bytes)) fail(`shape ${formatShape(shape)} holds 2^53 bytes or more`);
   if (end - begin !== bytes) {
     fail(`data_offsets [${begin}, ${end}] span ${end - begin} bytes but ${dtype}${formatShape(shape)} needs ${bytes}`);
   }
@@ -133,7 +136,7 @@ function exactIndex(v: JsonValue, what: string, fail: (detail: string) => never)
   const n = v.safeIndex;
   if (n !== undefined) return n;
   if (v.text.startsWith("-")) return fail(`${what} is negative (${v.text})`);
-  if (/^-?[0-9]+$/.test(v.text)) return fail(`${what} ${v.text} is above 2^53 and cannot be represented exactly`);
+  if (/^-?[0-9]+$/.test(v.text)) return fail(`${what} ${v.text} is 2^53 or more and cannot be represented exactly`);
   return fail(`${what} ${v.text} is not an integer`);
 }
 

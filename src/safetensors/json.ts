@@ -23,6 +23,8 @@ export class JsonSyntaxError extends Error {
   constructor(
     readonly detail: string,
     readonly position: number,
+    /** For a duplicate key: the key, and how deep its object sits (1 = the top-level object). */
+    readonly duplicate?: { readonly key: string; readonly depth: number },
   ) {
     super(`${detail} at character ${position}`);
   }
@@ -44,8 +46,8 @@ class Parser {
   pos = 0;
   constructor(readonly s: string) {}
 
-  fail(detail: string): never {
-    throw new JsonSyntaxError(detail, this.pos);
+  fail(detail: string, duplicate?: { key: string; depth: number }): never {
+    throw new JsonSyntaxError(detail, this.pos, duplicate);
   }
 
   skipWs(): void {
@@ -194,7 +196,7 @@ class Parser {
       const key = this.string();
       if (out.has(key)) {
         this.pos = keyAt;
-        this.fail(`duplicate key ${JSON.stringify(key)}`);
+        this.fail(`duplicate key ${JSON.stringify(key)}`, { key, depth: depth + 1 });
       }
       this.skipWs();
       if (this.s[this.pos] !== ":") this.fail("expected ':' after object key");
@@ -224,4 +226,16 @@ export function describeJson(v: JsonValue): string {
   if (v instanceof JsonNumber) return `the number ${v.text}`;
   if (typeof v === "string") return "a string";
   return `the literal ${v}`;
+}
+
+/** Plain JavaScript values (objects without prototypes reachable through keys), for configs. */
+export function toPlain(v: JsonValue): unknown {
+  if (v instanceof JsonNumber) return Number(v.text);
+  if (Array.isArray(v)) return v.map(toPlain);
+  if (v instanceof Map) {
+    const o: Record<string, unknown> = {};
+    for (const [k, x] of v) Object.defineProperty(o, k, { value: toPlain(x), enumerable: true, writable: true, configurable: true });
+    return o;
+  }
+  return v;
 }

@@ -216,6 +216,11 @@ export function referenceOrder<T extends DeclaredTensor>(tensors: readonly T[]):
 /** Serialize small in-memory tensors into one safetensors image, in the reference serializer's order. */
 export function serialize(tensors: Iterable<[string, Tensor]>, metadata: Readonly<Record<string, string>> | null = DEFAULT_METADATA): Uint8Array {
   const list = referenceOrder([...tensors].map(([name, t]) => ({ name, dtype: t.dtype, shape: t.shape, data: t.data })));
+  const names = new Set<string>();
+  for (const t of list) {
+    if (names.has(t.name)) throw new RangeError(`tensor ${JSON.stringify(t.name)} given twice`);
+    names.add(t.name);
+  }
   const header = encodeHeader(list, metadata);
   const out = new Uint8Array(header.bytes.byteLength + header.dataSize);
   out.set(header.bytes);

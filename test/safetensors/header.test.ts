@@ -174,12 +174,11 @@ describe("header text", () => {
 
   it("refuses a duplicate tensor name instead of keeping the last", () => {
     const header = `{"w":${entry("U8", [1], 0, 1)},"w":${entry("U8", [1], 1, 2)}}`;
-    const e = expectRefused(build(header, 2), /^header is not valid JSON: duplicate key "w" at character \d+$/);
-    expect(e.detail).toBe(`header is not valid JSON: duplicate key "w" at character ${header.lastIndexOf('"w"')}`);
+    expectRefused(build(header, 2), "appears twice in the header (JSON.parse would silently keep the last)", "w");
   });
 
   it("refuses a duplicate key spelled differently with escapes", () => {
-    expectRefused(build(`{"w":${entry("U8", [1], 0, 1)},"\\u0077":${entry("U8", [1], 1, 2)}}`, 2), /^header is not valid JSON: duplicate key "w"/);
+    expectRefused(build(`{"w":${entry("U8", [1], 0, 1)},"\\u0077":${entry("U8", [1], 1, 2)}}`, 2), "appears twice in the header (JSON.parse would silently keep the last)", "w");
   });
 
   it("refuses a duplicate key inside an entry", () => {
@@ -250,22 +249,22 @@ describe("tensor entries", () => {
   it("refuses dimensions and offsets above 2^53", () => {
     expectRefused(
       build(`{"w":${entry("U8", ["9007199254740993", 0], 0, 0)}}`),
-      "shape dimension 0 9007199254740993 is above 2^53 and cannot be represented exactly",
+      "shape dimension 0 9007199254740993 is 2^53 or more and cannot be represented exactly",
       "w",
     );
     expectRefused(
       build(`{"w":${entry("U8", ["123456789012345678901234567890"], 0, 4)}}`, 4),
-      "shape dimension 0 123456789012345678901234567890 is above 2^53 and cannot be represented exactly",
+      "shape dimension 0 123456789012345678901234567890 is 2^53 or more and cannot be represented exactly",
       "w",
     );
     expectRefused(
       build(`{"w":${entry("U8", [0], "9007199254740993", "9007199254740993")}}`),
-      "data_offsets[0] 9007199254740993 is above 2^53 and cannot be represented exactly",
+      "data_offsets[0] 9007199254740993 is 2^53 or more and cannot be represented exactly",
       "w",
     );
     expectRefused(
       build(`{"w":${entry("U8", [4], 0, "18446744073709551620")}}`, 4),
-      "data_offsets[1] 18446744073709551620 is above 2^53 and cannot be represented exactly",
+      "data_offsets[1] 18446744073709551620 is 2^53 or more and cannot be represented exactly",
       "w",
     );
   });
@@ -279,13 +278,13 @@ describe("tensor entries", () => {
     // 2^78 elements.
     expectRefused(
       build(`{"w":${entry("F32", [67108864, 67108864, 67108864], 0, 4)}}`, 4),
-      "shape [67108864, 67108864, 67108864] holds more than 2^53 bytes",
+      "shape [67108864, 67108864, 67108864] holds 2^53 bytes or more",
       "w",
     );
     // Elements fit exactly (3 * 2^51) but bytes (x8) do not.
-    expectRefused(build(`{"w":${entry("F64", [2251799813685248, 3], 0, 8)}}`, 8), "shape [2251799813685248, 3] holds more than 2^53 bytes", "w");
+    expectRefused(build(`{"w":${entry("F64", [2251799813685248, 3], 0, 8)}}`, 8), "shape [2251799813685248, 3] holds 2^53 bytes or more", "w");
     // Each dimension fits a double; the product wraps no 64-bit integer here, it is just refused.
-    expectRefused(build(`{"w":${entry("U8", [4294967296, 4294967296], 0, 0)}}`), "shape [4294967296, 4294967296] holds more than 2^53 bytes", "w");
+    expectRefused(build(`{"w":${entry("U8", [4294967296, 4294967296], 0, 0)}}`), "shape [4294967296, 4294967296] holds 2^53 bytes or more", "w");
   });
 
   it("refuses data_offsets that do not match shape x itemsize", () => {
