@@ -51,7 +51,8 @@ function f16ToF32Table(): Uint32Array {
     const exp = (h >>> 10) & 0x1f;
     const mant = h & 0x3ff;
     let bits: number;
-    if (exp === 0x1f) bits = sign | 0x7f800000 | (mant << 13);
+    // PyTorch widens half through float arithmetic, which quiets a signalling NaN; do the same.
+    if (exp === 0x1f) bits = sign | 0x7f800000 | (mant << 13) | (mant !== 0 ? 0x400000 : 0);
     else if (exp !== 0) bits = sign | ((exp - 15 + 127) << 23) | (mant << 13);
     else if (mant === 0) bits = sign;
     else {

@@ -66,3 +66,42 @@ export function compareTensors(actual: ReadonlyMap<string, Tensor>, expected: Re
   }
   return problems;
 }
+
+/** A small seeded generator (mulberry32), so a failing random case can be replayed from its seed. */
+export interface Random {
+  /** Uniform 32-bit unsigned integer. */
+  u32(): number;
+  /** Uniform integer in [0, n). */
+  int(n: number): number;
+  pick<T>(items: readonly T[]): T;
+  /** A new array with the items in random order. */
+  shuffle<T>(items: readonly T[]): T[];
+}
+
+export function seededRandom(seed: number): Random {
+  let a = seed >>> 0;
+  const u32 = (): number => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return (t ^ (t >>> 14)) >>> 0;
+  };
+  const int = (n: number): number => Math.floor((u32() / 2 ** 32) * n);
+  return {
+    u32,
+    int,
+    pick: (items) => items[int(items.length)]!,
+    shuffle: (items) => {
+      const out = [...items];
+      for (let i = out.length - 1; i > 0; i--) {
+        const j = int(i + 1);
+        [out[i], out[j]] = [out[j]!, out[i]!];
+      }
+      return out;
+    },
+  };
+}
+
+/** The oracle case whose input is per-expert float32 and whose expected output is stacked bfloat16. */
+export const f32ExpertsCase = path.join(oracleDir, "f32-experts-cast-to-bf16");
