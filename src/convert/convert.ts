@@ -12,6 +12,7 @@ import { BufferPool } from "./buffer-pool.js";
 import type { Layout } from "./layout.js";
 import { OutputFolder } from "./output-folder.js";
 import { type ConversionPlan, type ConvertOptions, planConversion, planInput } from "./planner.js";
+import { withInjectedFaults } from "./faults.js";
 import { type TensorSource, streamTensors } from "./stream.js";
 
 export interface ConvertRequest extends ConvertOptions {
@@ -91,7 +92,7 @@ export async function convertCheckpoint(req: ConvertRequest): Promise<ConvertSum
       const sink = writer;
       let bytesDone = 0;
       let tensorsDone = plan.tensors.filter((t) => t.shape.some((d) => d === 0)).length;
-      await streamTensors(plan.tensors, checkpointSource(ckpt), { write: (n, o, b) => sink.write(n, o, b) }, {
+      await streamTensors(plan.tensors, checkpointSource(ckpt), withInjectedFaults({ write: (n, o, b) => sink.write(n, o, b) }), {
         pool: new BufferPool(),
         onProgress: (bytes, tensorDone) => {
           bytesDone += bytes;

@@ -1,0 +1,240 @@
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { SafetensorsFile } from "../../src/safetensors/file.js";
+import { serialize } from "../../src/safetensors/writer.js";
+import type { Tensor } from "../../src/tensor/tensor.js";
+import { runCli, snapshot, tempDir } from "../helpers/cli.js";
+
+const work = tempDir();
+const hf = path.join(work, "hf");
+const native = path.join(work, "native");
+afterAll(() => fs.rmSync(work, { recursive: true, force: true }));
+
+beforeAll(() => {
+  expect(runCli(["synth", hf, "--preset", "tiny", "--max-shard-size", "10KB"]).code).toBe(0);
+  fs.mkdirSync(path.join(hf, "extra"));
+  fs.writeFileSync(path.join(hf, "extra", "processor_config.json"), '{"p": 1}\n');
+  fs.writeFileSync(path.join(hf, "modeling_custom.py"), "# custom code\n");
+  fs.writeFileSync(path.join(hf, "chat_template.jinja"), "{{ messages }}\n");
+  expect(runCli(["convert", "--to", "native", "--quiet", hf, native]).code).toBe(0);
+});
+
+/** One line on stderr, no stack trace, the given exit code. */
+function expectCleanError(r: { code: number | null; stderr: string; stdout: string }, code: number, pattern: RegExp): void {
+  expect(r.code).toBe(code);
+  const lines = r.stderr.trimEnd().split("\n");
+  expect(lines).toHaveLength(1);
+  expect(lines[0]).toMatch(/^omni-ckpt: /);
+  expect(lines[0]).toMatch(pattern);
+  expect(r.stderr).not.toMatch(/\n\s+at /);
+}
+
+describe("synth and inspect", () => {
+  it("synth is deterministic per seed and differs across seeds", () => {
+    const a = path.join(work, "seed-a");
+    const b = path.join(work, "seed-b");
+    const c = path.join(work, "seed-c");
+    expect(runCli(["synth", a, "--seed", "7"]).code).toBe(0);
+    expect(runCli(["synth", b, "--seed", "7"]).code).toBe(0);
+    expect(runCli(["synth", c, "--seed", "8"]).code).toBe(0);
+    expect(fs.readFileSync(path.join(a, "model.safetensors"))).toEqual(fs.readFileSync(path.join(b, "model.safetensors")));
+    expect(fs.readFileSync(path.join(a, "model.safetensors"))).not.toEqual(fs.readFileSync(path.join(c, "model.safetensors")));
+  });
+
+  it("inspect reports layout, components, model shape and the conversion, from headers", () => {
+    const r = runCli(["inspect", "--json", hf]);
+    expect(r.code).toBe(0);
+    const report = JSON.parse(r.stdout) as {
+      layout: string;
+      tensors: number;
+      components: { component: string; tensors: number; dtypes: Record<string, number> }[];
+      model: { layers: number; pattern: string; experts: number; expertWidth: number };
+      convert: { to: string; tensors: number };
+      configProblems: string[];
+    };
+    expect(report.layout).toBe("hf");
+    expect(report.components.map((c) => c.component)).toEqual([
+      "vision encoder",
+      "vision projector",
+      "sound encoder",
+      "sound projection",
+      "language model",
+      "MTP",
+    ]);
+    expect(report.components.find((c) => c.component === "sound encoder")!.dtypes["I64"]).toBe(1);
+    expect(report.model).toMatchObject({ layers: 5, pattern: "ME*ME", experts: 4, expertWidth: 12 });
+    expect(report.convert.to).toBe("native");
+    expect(report.convert.tensors).toBe(fs.existsSync(native) ? JSON.parse(runCli(["inspect", "--json", native]).stdout).tensors : -1);
+    expect(report.configProblems).toEqual([]);
+    const text = runCli(["inspect", native]).stdout;
+    expect(text).toMatch(/native \(NeMo Automodel\) layout/);
+    expect(text).toMatch(/layer pattern: ME\*ME/);
+    expect(text).toMatch(/convert --to hf would write \d+ HF tensors/);
+  });
+
+  it("inspect tells an expert-parallel slice", () => {
+    const slice = path.join(work, "ep-slice");
+    expect(runCli(["convert", "--to", "native", "--ep-rank", "0", "--ep-size", "2", "-q", hf, slice]).code).toBe(0);
+    const report = JSON.parse(runCli(["inspect", "--json", slice]).stdout) as { epSlice: { experts: number; of: number }; convert: { error: string } };
+    expect(report.epSlice).toEqual({ experts: 2, of: 4 });
+    expect(report.convert.error).toMatch(/holds 2 experts on axis 0 but the config has 4 \(an expert-parallel slice/);
+  });
+});
+
+describe("convert: what users see", () => {
+  it("copies every other file, sub-folders included, and prints one summary line", () => {
+    const dst = path.join(work, "summary");
+    const r = runCli(["convert", "--to", "native", hf, dst]);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toBe("");
+    expect(r.stdout).toMatch(/^converted HF → native: \d+ → \d+ tensors, .* in 1 file \+ 6 other files, .* → /);
+    for (const f of ["config.json", "tokenizer_config.json", "generation_config.json", "extra/processor_config.json", "modeling_custom.py", "chat_template.jinja"]) {
+      expect(fs.readFileSync(path.join(dst, f))).toEqual(fs.readFileSync(path.join(hf, f)));
+    }
+    expect(fs.readdirSync(work).filter((n) => n.includes("omni-ckpt"))).toEqual([]);
+  });
+
+  it("--json prints a machine-readable summary", () => {
+    const r = runCli(["convert", "--to", "hf", "--json", native, path.join(work, "json-out")]);
+    expect(r.code).toBe(0);
+    const s = JSON.parse(r.stdout) as { from: string; to: string; tensorsOut: number; files: string[] };
+    expect(s).toMatchObject({ from: "native", to: "hf", files: ["model.safetensors"] });
+  });
+
+  it("the round trip is exact: diff and verify agree", () => {
+    const back = path.join(work, "back");
+    expect(runCli(["convert", "--to", "hf", "-q", native, back]).code).toBe(0);
+    const d = runCli(["diff", hf, back]);
+    expect(d.stdout).toMatch(/^identical: \d+ tensors/m);
+    expect(d.code).toBe(0);
+    const v = runCli(["verify", hf]);
+    expect(v.stdout).toMatch(/bit-exact round trip/);
+    expect(v.code).toBe(0);
+    expect(runCli(["verify", native]).code).toBe(0);
+  });
+
+  it("diff names the tensor that differs and by how much, and exits 3", () => {
+    const changed = path.join(work, "changed");
+    fs.cpSync(native, changed, { recursive: true });
+    const file = SafetensorsFile.open(path.join(native, "model.safetensors"));
+    const tensors = new Map<string, Tensor>();
+    for (const name of file.tensors.keys()) tensors.set(name, file.readTensor(name));
+    file.close();
+    const name = "language_model.model.norm.weight";
+    const t = tensors.get(name)!;
+    const data = t.data.slice();
+    new DataView(data.buffer).setUint16(0, 0x4000, true); // 2.0 in bf16, where the norm holds 1.0
+    tensors.set(name, { ...t, data });
+    fs.writeFileSync(path.join(changed, "model.safetensors"), serialize(tensors));
+    const r = runCli(["diff", native, changed]);
+    expect(r.code).toBe(3);
+    expect(r.stdout).toMatch(new RegExp(`^${name.replace(/\./g, "\\.")}: 1 of 16 elements differ, max \\|a - b\\| = 1$`, "m"));
+    const j = JSON.parse(runCli(["diff", "--json", native, changed]).stdout) as { identical: boolean; hashes: Record<string, { a: string; b: string }> };
+    expect(j.identical).toBe(false);
+    expect(j.hashes[name]!.a).not.toBe(j.hashes[name]!.b);
+  });
+
+  it("diff refuses checkpoints of different layouts", () => {
+    expectCleanError(runCli(["diff", hf, native]), 2, /is in the Hugging Face \(HF\) layout but .* is native/);
+  });
+});
+
+describe("convert: refusals leave everything as it was", () => {
+  it("refuses to convert into the layout it is already in", () => {
+    const dst = path.join(work, "same-layout");
+    expectCleanError(runCli(["convert", "--to", "hf", hf, dst]), 2, /is already in the Hugging Face \(HF\) layout/);
+    expect(fs.existsSync(dst)).toBe(false);
+  });
+
+  it("refuses an existing non-empty DST without --force, leaving it untouched, and replaces it with --force", () => {
+    const dst = path.join(work, "occupied");
+    fs.mkdirSync(dst);
+    fs.writeFileSync(path.join(dst, "keep.txt"), "mine");
+    const before = snapshot(dst);
+    const src = snapshot(hf);
+    expectCleanError(runCli(["convert", "--to", "native", hf, dst]), 2, /already exists and is not empty; pass --force/);
+    expect(snapshot(dst)).toEqual(before);
+    expect(runCli(["convert", "--to", "native", "--force", "-q", hf, dst]).code).toBe(0);
+    expect(fs.existsSync(path.join(dst, "keep.txt"))).toBe(false);
+    expect(runCli(["diff", dst, native]).code).toBe(0);
+    expect(snapshot(hf)).toEqual(src);
+    expect(fs.readdirSync(work).filter((n) => n.includes("omni-ckpt"))).toEqual([]);
+  });
+
+  it("converts into an existing empty folder", () => {
+    const dst = path.join(work, "empty-dst");
+    fs.mkdirSync(dst);
+    expect(runCli(["convert", "--to", "native", "-q", hf, dst]).code).toBe(0);
+    expect(runCli(["diff", dst, native]).code).toBe(0);
+  });
+
+  it("refuses DST equal to or inside SRC, and --force over a folder holding SRC", () => {
+    const src = snapshot(hf);
+    expectCleanError(runCli(["convert", "--to", "native", hf, hf]), 2, /is the source itself/);
+    expectCleanError(runCli(["convert", "--to", "native", hf, path.join(hf, "sub")]), 2, /inside the source folder/);
+    expectCleanError(runCli(["convert", "--to", "native", "--force", hf, work]), 2, /--force would replace .* which contains the source/);
+    expect(snapshot(hf)).toEqual(src);
+  });
+
+  it("refuses a config that disagrees with the tensors", () => {
+    const bad = path.join(work, "bad-config");
+    fs.cpSync(hf, bad, { recursive: true });
+    const cfg = JSON.parse(fs.readFileSync(path.join(bad, "config.json"), "utf8")) as { llm_config: Record<string, unknown> };
+    cfg.llm_config["n_routed_experts"] = 3;
+    fs.writeFileSync(path.join(bad, "config.json"), JSON.stringify(cfg));
+    expectCleanError(runCli(["convert", "--to", "native", bad, path.join(work, "x1")]), 2, /config\.json: disagrees with the tensors: n_routed_experts is 3, but the checkpoint has expert 3/);
+    cfg.llm_config["n_routed_experts"] = 4;
+    cfg.llm_config["num_hidden_layers"] = 4;
+    fs.writeFileSync(path.join(bad, "config.json"), JSON.stringify(cfg));
+    expectCleanError(runCli(["convert", "--to", "native", bad, path.join(work, "x2")]), 2, /num_hidden_layers is 4, but the checkpoint has tensors past it/);
+    fs.rmSync(path.join(bad, "config.json"));
+    expectCleanError(runCli(["convert", "--to", "native", bad, path.join(work, "x3")]), 2, /config\.json: cannot read: no such file/);
+    expect(fs.existsSync(path.join(work, "x1")) || fs.existsSync(path.join(work, "x2")) || fs.existsSync(path.join(work, "x3"))).toBe(false);
+  });
+
+  it("names how many experts are missing and which", () => {
+    const partial = path.join(work, "missing-experts");
+    fs.cpSync(hf, partial, { recursive: true });
+    const index = JSON.parse(fs.readFileSync(path.join(partial, "model.safetensors.index.json"), "utf8")) as { weight_map: Record<string, string> };
+    const victim = "language_model.backbone.layers.4.mixer.experts.2.down_proj.weight";
+    const shard = index.weight_map[victim]!;
+    const file = SafetensorsFile.open(path.join(partial, shard));
+    const kept = new Map<string, Tensor>();
+    for (const name of file.tensors.keys()) if (name !== victim) kept.set(name, file.readTensor(name));
+    file.close();
+    fs.writeFileSync(path.join(partial, shard), serialize(kept));
+    delete index.weight_map[victim];
+    fs.writeFileSync(path.join(partial, "model.safetensors.index.json"), JSON.stringify(index));
+    expectCleanError(
+      runCli(["convert", "--to", "native", partial, path.join(work, "x4")]),
+      2,
+      /expert weights missing from checkpoint: 1\/16 required weights not found .* first missing: language_model\.backbone\.layers\.4\.mixer\.experts\.2\.down_proj\.weight$/,
+    );
+  });
+
+  it.each([
+    [["--to", "sideways"], /--to must be native or hf/],
+    [["--to", "native", "--ep-rank", "3", "--ep-size", "3"], /--ep-rank must be in \[0, 3\), got 3/],
+    [["--to", "native", "--ep-rank", "0", "--ep-size", "0"], /--ep-size must be a positive integer, got 0/],
+    [["--to", "native", "--ep-rank", "0"], /--ep-rank and --ep-size go together/],
+    [["--to", "native", "--num-layers", "-1"], /--num-layers must be a positive integer, got -1/],
+    [["--to", "native", "--num-layers", "two"], /--num-layers must be an integer, got "two"/],
+    [["--to", "native", "--dtype", "q8"], /unsupported expert dtype "q8"/],
+    [["--to", "hf", "--exclude", "("], /invalid regex "\(":/],
+    [["--to", "native", "--exclude", "x"], /--exclude applies only to --to hf/],
+    [["--to", "native", "--max-shard-size", "lots"], /invalid size "lots"/],
+    [["--to", "native", "--bogus"], /unknown option '--bogus'/],
+  ])("usage error %j exits 2 with one line", (args, pattern) => {
+    const src = args.includes("--exclude") && args.includes("hf") ? native : hf;
+    const dst = path.join(work, "never");
+    expectCleanError(runCli(["convert", ...args, src, dst]), 2, pattern);
+    expect(fs.existsSync(dst)).toBe(false);
+  });
+
+  it("--debug adds the stack trace", () => {
+    const r = runCli(["convert", "--to", "native", "--debug", "--ep-rank", "5", "--ep-size", "2", hf, path.join(work, "never")]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/\n\s+at /);
+  });
+});
