@@ -5,7 +5,7 @@ import { isFloat, itemSize } from "../tensor/dtype.js";
 import { castInto } from "../tensor/cast.js";
 import { type Tensor, type TensorInfo, numel, sameShape } from "../tensor/tensor.js";
 import { Scratch } from "../tensor/transfer.js";
-import { type Component, componentOf } from "./components.js";
+import { COMPONENTS, type Component, componentOf } from "./components.js";
 import { checkpointSource } from "./convert.js";
 import { type Layout, requireLayout } from "./layout.js";
 import { planConversion, planInput } from "./planner.js";
@@ -152,7 +152,7 @@ export async function verifyCheckpoint(dir: string, options: VerifyOptions = {})
       bump(name, "missing");
       note(`${name}: lost in the round trip (a conversion rule drops it)`);
     }
-    const components = [...counts.entries()].map(([component, c]) => ({ component, ...c }));
+    const components = COMPONENTS.filter((c) => counts.has(c)).map((component) => ({ component, ...counts.get(component)! }));
     const exact = components.every((c) => c.exact === c.tensors);
     return {
       dir,

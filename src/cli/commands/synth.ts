@@ -30,6 +30,12 @@ export function registerSynth(program: Command): void {
         ...(flags.force ? { force: true } : {}),
       });
       if (flags.json) printJson(summary);
-      else say(`synthesized ${summary.preset} Omni checkpoint: ${formatCount(summary.tensors)} tensors, ${formatBytes(summary.bytes)} in ${summary.files.length} files → ${dir}`);
+      else {
+        const shards = summary.files.filter((f) => f.endsWith(".safetensors")).length;
+        say(
+          `synthesized ${summary.preset} Omni checkpoint: ${formatCount(summary.tensors)} tensors, ${formatBytes(summary.bytes)} in ` +
+            `${shards} shard${shards === 1 ? "" : "s"} + ${summary.files.length - shards} other files → ${dir}`,
+        );
+      }
     });
 }
