@@ -1,4 +1,5 @@
 import { type View, simplifyPair } from "./view.js";
+import { inArena, transposeInArena } from "./wasm/kernels.js";
 
 type Words = Uint8Array | Uint16Array | Uint32Array;
 
@@ -104,8 +105,17 @@ function copy2d(
     return;
   }
   // The transpose that every expert merge and split is made of: contiguous rows written from columns.
-  if (b1 === 1 && a0 === 1 && a instanceof Uint16Array && b instanceof Uint16Array) {
-    if (transpose16Pairs(a, aOff, a1, b, bOff, b0, n0, n1)) return;
+  if (b1 === 1 && a0 === 1) {
+    const block = a.BYTES_PER_ELEMENT === 2 ? 8 : 4;
+    if (a.BYTES_PER_ELEMENT !== 1 && a.BYTES_PER_ELEMENT === b.BYTES_PER_ELEMENT && n0 >= block && n1 >= block && inArena(a.buffer) && inArena(b.buffer)) {
+      // SIMD for the whole 8×8 blocks; the strips left over go through the loops below.
+      const size = a.BYTES_PER_ELEMENT as 2 | 4;
+      const done = transposeInArena(size, a.byteOffset + aOff * size, b.byteOffset + bOff * size, n1, n0, a1, b0);
+      if (done.rows < n1) copy2d(a, aOff + done.rows * a1, a0, a1, b, bOff + done.rows, b0, b1, n0, n1 - done.rows);
+      if (done.cols < n0 && done.rows > 0) copy2d(a, aOff + done.cols, a0, a1, b, bOff + done.cols * b0, b0, b1, n0 - done.cols, done.rows);
+      return;
+    }
+    if (a instanceof Uint16Array && b instanceof Uint16Array && transpose16Pairs(a, aOff, a1, b, bOff, b0, n0, n1)) return;
   }
   for (let i0 = 0; i0 < n0; i0 += BLOCK) {
     const i1 = Math.min(i0 + BLOCK, n0);

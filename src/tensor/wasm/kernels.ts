@@ -1,0 +1,76 @@
+import { TRANSPOSE_WASM } from "./transpose.generated.js";
+
+/**
+ * The SIMD transposes of transpose.wat. They work on the module's own memory, so buffers that are to be
+ * transposed this way are carved out of it (see `kernelArena`); anything else takes the JavaScript path.
+ */
+interface Exports {
+  readonly memory: WebAssembly.Memory;
+  transpose16(src: number, dst: number, rows: number, cols: number, ss: number, ds: number): void;
+  transpose32(src: number, dst: number, rows: number, cols: number, ss: number, ds: number): void;
+}
+
+let loaded: Exports | null | undefined;
+
+function load(): Exports | null {
+  if (loaded !== undefined) return loaded;
+  try {
+    loaded = new WebAssembly.Instance(new WebAssembly.Module(Buffer.from(TRANSPOSE_WASM, "base64"))).exports as unknown as Exports;
+  } catch {
+    // No WebAssembly SIMD here: every transpose takes the JavaScript path.
+    loaded = null;
+  }
+  return loaded;
+}
+
+let arenaBuffer: ArrayBuffer | undefined;
+
+/**
+ * The kernels' memory, grown once to at least `bytes` and never again: growing would detach every view
+ * already handed out. Undefined when WebAssembly SIMD is unavailable.
+ */
+export function kernelArena(bytes: number): ArrayBuffer | undefined {
+  if (arenaBuffer) return arenaBuffer;
+  const e = load();
+  if (!e) return undefined;
+  const have = e.memory.buffer.byteLength;
+  if (bytes > have) e.memory.grow(Math.ceil((bytes - have) / 65536));
+  arenaBuffer = e.memory.buffer;
+  return arenaBuffer;
+}
+
+/** Square tiles of this many elements keep both the rows read and the rows written in cache. */
+const TILE = 128;
+
+/**
+ * dst[c][r] = src[r][c] for a rows × cols source, element strides `ss` (source row) and `ds` (destination
+ * row), addresses in bytes within the arena. Only the part that is whole 8×8 (or 4×4) blocks is done here;
+ * returns how many source rows and columns were covered so the caller finishes the edges.
+ */
+export function transposeInArena(
+  itemSize: 2 | 4,
+  src: number,
+  dst: number,
+  rows: number,
+  cols: number,
+  ss: number,
+  ds: number,
+): { rows: number; cols: number } {
+  const e = load()!;
+  const block = itemSize === 2 ? 8 : 4;
+  const r8 = rows - (rows % block);
+  const c8 = cols - (cols % block);
+  const kernel = itemSize === 2 ? e.transpose16 : e.transpose32;
+  for (let c0 = 0; c0 < c8; c0 += TILE) {
+    const cc = Math.min(TILE, c8 - c0);
+    for (let r0 = 0; r0 < r8; r0 += TILE) {
+      const rr = Math.min(TILE, r8 - r0);
+      kernel(src + (r0 * ss + c0) * itemSize, dst + (c0 * ds + r0) * itemSize, rr, cc, ss, ds);
+    }
+  }
+  return { rows: r8, cols: c8 };
+}
+
+export function inArena(buffer: ArrayBufferLike): boolean {
+  return arenaBuffer !== undefined && buffer === arenaBuffer;
+}
