@@ -92,11 +92,11 @@ export async function convertCheckpoint(req: ConvertRequest): Promise<ConvertSum
       const sink = writer;
       let bytesDone = 0;
       let tensorsDone = plan.tensors.filter((t) => t.shape.some((d) => d === 0)).length;
-      await streamTensors(plan.tensors, checkpointSource(ckpt), withInjectedFaults({ write: (n, o, b) => sink.write(n, o, b) }), {
+      await streamTensors(plan.tensors, checkpointSource(ckpt), withInjectedFaults(sink), {
         pool: new BufferPool(),
-        onProgress: (bytes, tensorDone) => {
+        onProgress: (bytes, completed) => {
           bytesDone += bytes;
-          if (tensorDone) tensorsDone++;
+          tensorsDone += completed;
           req.onProgress?.(bytesDone, tensorsDone);
         },
       });

@@ -18,6 +18,7 @@ export function withInjectedFaults(sink: TensorSink, spec = process.env["OMNI_CK
   const delay = settings.get("delay-ms") ?? 0;
   let written = 0;
   return {
+    ...(sink.follows ? { follows: (a: string, b: string) => sink.follows!(a, b) } : {}),
     async write(name, offset, bytes) {
       if (delay > 0) await new Promise((r) => setTimeout(r, delay));
       if (failAfter !== undefined && written + bytes.byteLength > failAfter) {

@@ -98,15 +98,24 @@ export class ShardedWriter {
     return loc;
   }
 
+  /** A write may start in one tensor and run on into the tensors stored after it in the same shard. */
   private target(name: string, offset: number, length: number): { w: SafetensorsFileWriter; at: number } {
     const loc = this.locate(name);
-    if (offset < 0 || offset + length > loc.size) {
-      throw new RangeError(`write of ${length} bytes at ${offset} is outside tensor ${JSON.stringify(name)} (${loc.size} bytes)`);
+    const w = this.writers[loc.shard]!;
+    if (offset < 0 || offset > loc.size || loc.offset + offset + length > w.header.dataSize) {
+      throw new RangeError(`write of ${length} bytes at ${offset} is outside tensor ${JSON.stringify(name)} and its shard`);
     }
-    return { w: this.writers[loc.shard]!, at: loc.offset + offset };
+    return { w, at: loc.offset + offset };
   }
 
-  /** Write part of a tensor's bytes, `offset` bytes into the tensor. */
+  /** Whether `next` is stored immediately after `previous` in the same shard. */
+  follows(previous: string, next: string): boolean {
+    const a = this.locations.get(previous);
+    const b = this.locations.get(next);
+    return a !== undefined && b !== undefined && a.shard === b.shard && a.offset + a.size === b.offset;
+  }
+
+  /** Write part of a tensor's bytes, `offset` bytes into the tensor (possibly running on into the next). */
   writeSync(name: string, offset: number, bytes: Uint8Array): void {
     const { w, at } = this.target(name, offset, bytes.byteLength);
     w.writeSync(at, bytes);

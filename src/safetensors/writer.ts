@@ -51,6 +51,9 @@ export function encodeHeader(
   return { bytes, offsets, dataSize: offset };
 }
 
+/** Bytes after which a shard starts syncing in the background. */
+const EARLY_SYNC_BYTES = 64 * 1024 * 1024;
+
 /** A write to the output failed (disk full, I/O error): never the user's input, but not our bug either. */
 export class WriteError extends OmniCkptError {
   override name = "WriteError";
@@ -65,6 +68,10 @@ export class SafetensorsFileWriter {
   /** Data ranges already on disk, sorted, disjoint and merged; `written` is their total length. */
   private readonly ranges: [number, number][] = [];
   private written = 0;
+  /** Bytes written since the last early sync started, and that sync while it runs. */
+  private unsynced = 0;
+  private earlySync: Promise<void> | undefined;
+  private earlySyncError: unknown;
   readonly header: EncodedHeader;
   readonly size: number;
 
@@ -141,6 +148,25 @@ export class SafetensorsFileWriter {
     }
     ranges.splice(lo, j - lo, [b, e]);
     this.written += e - b - covered;
+    this.unsynced += end - begin;
+    if (this.unsynced >= EARLY_SYNC_BYTES && !this.earlySync) this.startEarlySync();
+  }
+
+  /**
+   * Flush what is written so far while later data is still being produced, so the disk works in parallel
+   * with the conversion and the final sync only has the tail left to do.
+   */
+  private startEarlySync(): void {
+    const fd = this.fd;
+    if (fd === undefined) return;
+    this.unsynced = 0;
+    this.earlySync = new Promise((resolve) => {
+      fs.fdatasync(fd, (err) => {
+        if (err) this.earlySyncError ??= err;
+        this.earlySync = undefined;
+        resolve();
+      });
+    });
   }
 
   /** Write `bytes` at `offset` within the data section. */
@@ -179,27 +205,35 @@ export class SafetensorsFileWriter {
     }
     const fd = this.handle();
     this.fd = undefined;
-    return new Promise((resolve, reject) => {
-      fs.fdatasync(fd, (err) => {
-        fs.close(fd, (closeErr) => {
-          const e = err ?? closeErr;
-          if (e) reject(new WriteError(`${this.path}: sync to disk failed: ${describeIoError(e)}`));
-          else resolve();
-        });
-      });
-    });
+    return (this.earlySync ?? Promise.resolve()).then(
+      () =>
+        new Promise((resolve, reject) => {
+          fs.fdatasync(fd, (err) => {
+            fs.close(fd, (closeErr) => {
+              const e = this.earlySyncError ?? err ?? closeErr;
+              if (e) reject(new WriteError(`${this.path}: sync to disk failed: ${describeIoError(e)}`));
+              else resolve();
+            });
+          });
+        }),
+    );
   }
 
   /** Close without syncing, after a failure; the caller removes the file. */
   abandon(): void {
-    if (this.fd !== undefined) {
+    const fd = this.fd;
+    if (fd === undefined) return;
+    this.fd = undefined;
+    const close = (): void => {
       try {
-        fs.closeSync(this.fd);
+        fs.closeSync(fd);
       } catch {
         // Already failing: the original error is the one to report.
       }
-      this.fd = undefined;
-    }
+    };
+    // Never close a descriptor an early sync is still using: the number could be reused meanwhile.
+    if (this.earlySync) void this.earlySync.then(close);
+    else close();
   }
 }
 

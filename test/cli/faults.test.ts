@@ -10,6 +10,7 @@ const reference = path.join(work, "reference");
 afterAll(() => fs.rmSync(work, { recursive: true, force: true }));
 
 beforeAll(() => {
+  // Many small shards: chunks never span shards, so a slowed-down conversion takes a while.
   expect(runCli(["synth", src, "--preset", "tiny", "--max-shard-size", "10KB"]).code).toBe(0);
   expect(runCli(["convert", "--to", "native", "-q", src, reference]).code).toBe(0);
 });
@@ -29,7 +30,7 @@ async function waitFor(check: () => boolean, ms = 15_000): Promise<void> {
 
 /** Start a slowed-down conversion and wait until it has begun writing shards into its temporary folder. */
 async function startSlowConversion(dst: string, base: string) {
-  const child = startCli(["convert", "--to", "native", src, dst], { env: { OMNI_CKPT_FAULT: "delay-ms=100" } });
+  const child = startCli(["convert", "--to", "native", "--max-shard-size", "1KB", src, dst], { env: { OMNI_CKPT_FAULT: "delay-ms=100" } });
   let stderr = "";
   child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
   const exited = new Promise<number | null>((resolve) => child.on("exit", (code, signal) => resolve(code ?? (signal ? -1 : null))));

@@ -515,12 +515,27 @@ describe("writing to disk", () => {
     sw.abandon();
   });
 
-  it("ShardedWriter refuses writes outside a tensor or to undeclared tensors", () => {
+  it("ShardedWriter refuses writes outside a tensor's shard or to undeclared tensors", () => {
     const sw = new ShardedWriter(dir, [{ name: "a", dtype: "F32", shape: [2] }]);
-    expect(() => sw.writeSync("a", 4, new Uint8Array(8))).toThrow(new RangeError('write of 8 bytes at 4 is outside tensor "a" (8 bytes)'));
+    expect(() => sw.writeSync("a", 4, new Uint8Array(8))).toThrow(new RangeError('write of 8 bytes at 4 is outside tensor "a" and its shard'));
+    expect(() => sw.writeSync("a", 9, new Uint8Array(0))).toThrow(new RangeError('write of 0 bytes at 9 is outside tensor "a" and its shard'));
     expect(() => sw.writeSync("nope", 0, new Uint8Array(1))).toThrow(new RangeError('tensor "nope" was not declared'));
     expect(() => sw.locate("__proto__")).toThrow(new RangeError('tensor "__proto__" was not declared'));
     expect(sw.locate("a")).toEqual({ shard: 0, offset: 0, size: 8 });
+    sw.abandon();
+  });
+
+  it("ShardedWriter lets one write run on into the tensors that follow in the same shard, never into the next shard", () => {
+    const sw = new ShardedWriter(dir, [
+      { name: "a", dtype: "U8", shape: [3] },
+      { name: "b", dtype: "U8", shape: [2] },
+      { name: "c", dtype: "U8", shape: [4] },
+    ], 5);
+    expect(sw.follows("a", "b")).toBe(true);
+    expect(sw.follows("b", "c")).toBe(false);
+    expect(sw.follows("b", "a")).toBe(false);
+    sw.writeSync("a", 1, new Uint8Array([1, 2, 3, 4]));
+    expect(() => sw.writeSync("b", 0, new Uint8Array(3))).toThrow(new RangeError('write of 3 bytes at 0 is outside tensor "b" and its shard'));
     sw.abandon();
   });
 
