@@ -1,0 +1,158 @@
+import { spawnSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { fileURLToPath } from "node:url";
+import { synthesize } from "../src/synth/synth.js";
+
+/**
+ * `npm run bench`: conversion speed against the physical limit, copying the same bytes. In one run and
+ * alternating, it times `cp -r` of the synthetic `bench` checkpoint (~1 GB, real-model proportions),
+ * `convert --to native` of it and `convert --to hf` of that result, then does the same once at 4× the
+ * size. Prints medians, ratios to `cp -r`, throughput and the converter's peak RSS.
+ */
+
+const cli = path.join(path.dirname(fileURLToPath(import.meta.url)), "../src/cli/main.js");
+const rounds = Number(process.env["BENCH_ROUNDS"] ?? 3);
+const cacheRoot = path.join(os.tmpdir(), "omni-ckpt-bench");
+const work = path.join(cacheRoot, "work");
+
+// The child reports its own peak RSS on exit: no external `time` needed.
+const RSS_HOOK = `data:text/javascript,process.on("exit",()=>process.stderr.write("\\nmaxrss_kb="+process.resourceUsage().maxRSS+"\\n"))`;
+
+interface Sample {
+  readonly seconds: number;
+  readonly maxRssBytes?: number;
+}
+
+function dirBytes(dir: string): number {
+  let n = 0;
+  for (const name of fs.readdirSync(dir)) {
+    const p = path.join(dir, name);
+    const st = fs.statSync(p);
+    n += st.isDirectory() ? dirBytes(p) : st.size;
+  }
+  return n;
+}
+
+async function checkpoint(scale: number): Promise<string> {
+  const dir = path.join(cacheRoot, `bench-x${scale}-v1`);
+  if (!fs.existsSync(path.join(dir, "config.json"))) {
+    process.stderr.write(`making the bench checkpoint ×${scale} in ${dir} (once; cached)…\n`);
+    fs.rmSync(dir, { recursive: true, force: true });
+    await synthesize(dir, { preset: "bench", scale });
+  }
+  return dir;
+}
+
+/** Read every file once so every timed run starts from a warm page cache. */
+function warm(dir: string): void {
+  for (const name of fs.readdirSync(dir)) {
+    const p = path.join(dir, name);
+    if (fs.statSync(p).isDirectory()) warm(p);
+    else {
+      const fd = fs.openSync(p, "r");
+      const buf = Buffer.allocUnsafe(16 << 20);
+      while (fs.readSync(fd, buf, 0, buf.length, null) > 0);
+      fs.closeSync(fd);
+    }
+  }
+}
+
+function timed(cmd: string, args: string[]): Sample {
+  const t0 = performance.now();
+  const r = spawnSync(cmd, args, { encoding: "utf8", stdio: ["ignore", "ignore", "pipe"] });
+  const seconds = (performance.now() - t0) / 1000;
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(" ")} failed (${r.status}): ${r.stderr}`);
+  const m = /maxrss_kb=(\d+)/.exec(r.stderr ?? "");
+  return m ? { seconds, maxRssBytes: Number(m[1]) * 1024 } : { seconds };
+}
+
+function clear(p: string): void {
+  fs.rmSync(p, { recursive: true, force: true });
+}
+
+const convert = (to: string, src: string, dst: string): Sample =>
+  timed(process.execPath, ["--import", RSS_HOOK, cli, "convert", "--to", to, "--quiet", src, dst]);
+
+function runRound(src: string): { cp: Sample; native: Sample; hf: Sample } {
+  const copy = path.join(work, "copy");
+  const native = path.join(work, "native");
+  const hf = path.join(work, "hf");
+  for (const p of [copy, native, hf]) clear(p);
+  const cp = timed("cp", ["-r", src, copy]);
+  clear(copy);
+  const n = convert("native", src, native);
+  const h = convert("hf", native, hf);
+  for (const p of [native, hf]) clear(p);
+  return { cp, native: n, hf: h };
+}
+
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+};
+const mb = (n: number): string => `${(n / 1e6).toFixed(0)} MB`;
+const fmt = (s: number): string => `${s.toFixed(2)} s`;
+
+async function main(): Promise<void> {
+  fs.mkdirSync(work, { recursive: true });
+  const base = await checkpoint(1);
+  const bytes = dirBytes(base);
+  const largest = largestTensorBytes(base);
+  warm(base);
+  runRound(base); // warm-up, not counted
+  const samples = Array.from({ length: rounds }, () => runRound(base));
+
+  const cp = median(samples.map((s) => s.cp.seconds));
+  const rows: string[][] = [];
+  const row = (what: string, xs: Sample[], reference: number): void => {
+    const t = median(xs.map((x) => x.seconds));
+    const rss = Math.max(...xs.map((x) => x.maxRssBytes ?? 0));
+    rows.push([what, fmt(t), `${(t / reference).toFixed(2)}×`, `${((bytes / t) / 1e6).toFixed(0)} MB/s`, rss ? mb(rss) : "-"]);
+  };
+  row("cp -r", samples.map((s) => s.cp), cp);
+  row("convert --to native", samples.map((s) => s.native), cp);
+  row("convert --to hf", samples.map((s) => s.hf), cp);
+
+  const big = await checkpoint(4);
+  const bigBytes = dirBytes(big);
+  warm(big);
+  const once = runRound(big);
+  const bigRows: string[][] = [];
+  const nat = median(samples.map((s) => s.native.seconds));
+  const hfT = median(samples.map((s) => s.hf.seconds));
+  for (const [what, s, t1] of [
+    ["cp -r", once.cp, cp],
+    ["convert --to native", once.native, nat],
+    ["convert --to hf", once.hf, hfT],
+  ] as const) {
+    bigRows.push([what, fmt(s.seconds), `${(s.seconds / once.cp.seconds).toFixed(2)}×`, `${(s.seconds / t1).toFixed(2)}×`, s.maxRssBytes ? mb(s.maxRssBytes) : "-"]);
+  }
+  clear(work);
+
+  const table = (header: string[], body: string[][]): string => {
+    const all = [header, ...body];
+    const w = header.map((_, c) => Math.max(...all.map((r) => r[c]!.length)));
+    return all.map((r, i) => `| ${r.map((x, c) => (c === 0 ? x.padEnd(w[c]!) : x.padStart(w[c]!))).join(" | ")} |${i === 0 ? `\n|${w.map((x, c) => (c === 0 ? `:${"-".repeat(x + 1)}` : `${"-".repeat(x + 1)}:`)).join("|")}|` : ""}`).join("\n");
+  };
+  const out = process.stdout;
+  out.write(`\nomni-ckpt bench — ${os.cpus().length} cores, Node ${process.version}, page cache warm, median of ${rounds} alternating runs\n`);
+  out.write(`checkpoint: synthetic "bench" preset, ${mb(bytes)} (largest output tensor ${mb(largest)})\n\n`);
+  out.write(`${table(["", "median", "vs cp -r", "throughput", "peak RSS"], rows)}\n\n`);
+  out.write(`same checkpoint at 4× (${mb(bigBytes)}), one run each:\n\n`);
+  out.write(`${table(["", "time", "vs cp -r", "vs 1× run", "peak RSS"], bigRows)}\n`);
+}
+
+/** The largest tensor a conversion of the bench model writes: one grouped expert tensor. */
+function largestTensorBytes(dir: string): number {
+  const config = JSON.parse(fs.readFileSync(path.join(dir, "config.json"), "utf8")) as { llm_config: { n_routed_experts: number; hidden_size: number; moe_intermediate_size: number; vocab_size: number } };
+  const c = config.llm_config;
+  return Math.max(c.n_routed_experts * c.hidden_size * c.moe_intermediate_size, c.vocab_size * c.hidden_size) * 2;
+}
+
+main().catch((e: unknown) => {
+  process.stderr.write(`bench failed: ${(e as Error).message}\n`);
+  process.exit(1);
+});
