@@ -13,8 +13,9 @@ export interface TensorInfo {
   readonly shape: readonly number[];
 }
 
-/** Number of elements, or undefined when it does not fit a safe integer. */
+/** Number of elements, or undefined when it does not fit a safe integer. A zero anywhere makes it 0. */
 export function numelOrUndefined(shape: readonly number[]): number | undefined {
+  if (shape.includes(0)) return 0;
   let n = 1;
   for (const d of shape) {
     n *= d;
