@@ -1,4 +1,4 @@
-import { ConversionError } from "../errors.js";
+import { ConversionError, UsageError } from "../errors.js";
 import { type DType, isFloat } from "../tensor/dtype.js";
 import { formatShape } from "../tensor/tensor.js";
 import { type View, contiguous, permute, reshape, select, slice, transpose } from "../tensor/view.js";
@@ -39,9 +39,9 @@ const SEGMENT_RE = "mixer\\.experts";
 export function expertRange(nExperts: number, ep?: ExpertParallel): [number, number] {
   if (!ep) return [0, nExperts];
   const { rank, size } = ep;
-  if (!Number.isInteger(size) || size < 1) throw new RangeError(`expert-parallel size must be ≥ 1, got ${size}`);
+  if (!Number.isInteger(size) || size < 1) throw new UsageError(`expert-parallel size must be ≥ 1, got ${size}`);
   if (!Number.isInteger(rank) || rank < 0 || rank >= size) {
-    throw new RangeError(`expert-parallel rank must be in [0, ${size}), got ${rank}`);
+    throw new UsageError(`expert-parallel rank must be in [0, ${size}), got ${rank}`);
   }
   const per = Math.floor(nExperts / size);
   const rem = nExperts % size;
@@ -466,7 +466,7 @@ export function splitExpertTensor(
   }
   for (const suffix of LORA_SUFFIXES) {
     if (fqn.includes(`.${SEGMENT}.${suffix}`) && fqn.endsWith(`.${suffix}`)) {
-      return options.v4Compatible ? loraToPerExpert(fqn, t, suffix, rules) : loraToParamWrapper(fqn, t, suffix);
+      return options.v4Compatible ? loraToPerExpert(fqn, t, suffix, rules) : loraToParamWrapper(fqn, t, suffix, rules);
     }
   }
   return undefined;
@@ -486,13 +486,15 @@ function perExpert(fqn: string, t: PlannedTensor, rules: ExpertRules): ((v: View
   return Array.from({ length: rules.nExperts }, (_, e) => (v) => select(v, 0, e));
 }
 
-function loraToParamWrapper(fqn: string, t: PlannedTensor, suffix: (typeof LORA_SUFFIXES)[number]): PlannedTensor[] {
+function loraToParamWrapper(fqn: string, t: PlannedTensor, suffix: (typeof LORA_SUFFIXES)[number], rules: ExpertRules): PlannedTensor[] {
   const m = /^(.*)layers\.(\d+)\./.exec(fqn);
   if (!m) return [t];
   const base = `${m[1]}layers.${m[2]}.${SEGMENT}`;
   if (t.shape.length !== 3) {
     throw new ConversionError(`${JSON.stringify(t.pieces[0]?.src ?? fqn)}: grouped LoRA tensor must be 3-d, found ${formatShape(t.shape)}`);
   }
+  // The fold puts experts in the rank axis; an expert-parallel slice would read back as other experts.
+  perExpert(fqn, t, rules);
   const [a, b, c] = t.shape as [number, number, number];
   switch (suffix) {
     case "lora_gate_and_up_B": // (E, r, I) → (E·r, I)

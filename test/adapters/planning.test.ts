@@ -1,0 +1,189 @@
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { NemotronOmniStateDictAdapter } from "../../src/adapters/nemotron-omni.js";
+import type { HeaderMap, Plan } from "../../src/adapters/plan.js";
+import { Checkpoint } from "../../src/safetensors/checkpoint.js";
+import { PRESETS, type SynthPreset } from "../../src/synth/presets.js";
+import { synthLayout, synthesize } from "../../src/synth/synth.js";
+import { itemSize } from "../../src/tensor/dtype.js";
+import { type TensorInfo, numel } from "../../src/tensor/tensor.js";
+
+/*
+ * A conversion is planned from headers alone (SPEC §6 sizes: the real model's ~62 GB never exist here).
+ * Planning the whole Nemotron-3-Nano-Omni-30B-A3B must be quick, give the real grouped shapes, and read
+ * no tensor byte of a checkpoint on disk.
+ */
+
+const PATTERN = "MEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEMEM*EMEMEMEME";
+const EXPERTS = 128;
+const HIDDEN = 2688;
+const MOE_INTER = 1856;
+
+/** SPEC §6's language model; vision and sound at plausible RADIO / Parakeet sizes. */
+const REAL: SynthPreset = {
+  name: "nemotron-3-nano-omni-30b-a3b",
+  vision: { hidden: 1280, blocks: 32, patch: 16, tokens: 1024 },
+  projector: 20480,
+  sound: { hidden: 1024, layers: 24, heads: 8, projection: 4096 },
+  llm: {
+    hidden: HIDDEN,
+    pattern: PATTERN,
+    vocab: 131072,
+    experts: EXPERTS,
+    topK: 6,
+    moeInter: MOE_INTER,
+    sharedInter: 3712,
+    mlpInter: 1856,
+    mambaHeads: 64,
+    mambaHeadDim: 64,
+    mambaGroups: 8,
+    ssmState: 128,
+    convKernel: 4,
+    attnHeads: 32,
+    kvHeads: 2,
+    headDim: 128,
+    mtp: ["attention", "moe"],
+  },
+};
+
+const headersOf = (tensors: readonly { name: string; dtype: TensorInfo["dtype"]; shape: readonly number[] }[]): Map<string, TensorInfo> =>
+  new Map(tensors.map((t) => [t.name, { dtype: t.dtype, shape: [...t.shape] }]));
+
+const bytesOf = (headers: Iterable<TensorInfo>): number => {
+  let n = 0;
+  for (const t of headers) n += numel(t.shape) * itemSize(t.dtype);
+  return n;
+};
+
+function timed(f: () => Plan): { plan: Plan; ms: number } {
+  const start = performance.now();
+  const plan = f();
+  return { plan, ms: performance.now() - start };
+}
+
+/** Every planned tensor's pieces fill it exactly (element counts add up, views agree in shape). */
+function expectPiecesFill(plan: Plan, inputs: HeaderMap): void {
+  const problems: string[] = [];
+  for (const t of plan.tensors) {
+    let n = 0;
+    for (const p of t.pieces) {
+      if (!inputs.has(p.src)) problems.push(`${t.name} reads ${p.src}, which is not an input`);
+      if (p.srcView.shape.join() !== p.dstView.shape.join()) problems.push(`${t.name}: a piece of ${p.src} changes shape`);
+      n += p.dstView.shape.reduce((a, b) => a * b, 1);
+    }
+    if (n !== numel(t.shape)) problems.push(`${t.name}: pieces hold ${n} elements, the tensor ${numel(t.shape)}`);
+  }
+  expect(problems).toEqual([]);
+}
+
+describe("planning the real model (SPEC §6) from headers", () => {
+  const { tensors, config } = synthLayout(REAL);
+  const hf = headersOf(tensors);
+  const moeLayers = [...PATTERN].filter((c) => c === "E").length;
+  const groupedLayers = moeLayers + 1; // and the MoE MTP layer
+  const adapter = new NemotronOmniStateDictAdapter(config);
+
+  it("has the real model's shape: 23 Mamba, 23 MoE, 6 attention layers, about 31B parameters (the MoE MTP layer adds 1.3B)", () => {
+    expect([...PATTERN].filter((c) => c === "M").length).toBe(23);
+    expect(moeLayers).toBe(23);
+    expect([...PATTERN].filter((c) => c === "*").length).toBe(6);
+    expect(PATTERN.length).toBe(52);
+    const params = [...hf.values()].reduce((n, t) => n + numel(t.shape), 0);
+    expect(params).toBeGreaterThan(30e9);
+    expect(params).toBeLessThan(35e9);
+    expect(hf.get("language_model.backbone.layers.1.mixer.experts.127.up_proj.weight")).toEqual({ dtype: "BF16", shape: [MOE_INTER, HIDDEN] });
+  });
+
+  let native: Plan;
+
+  it("HF → native plans in well under a second, with the grouped shapes [128, 2688, 1856] / [128, 1856, 2688]", () => {
+    const { plan, ms } = timed(() => adapter.planFromHf(hf));
+    native = plan;
+    expect(ms, `planned in ${ms.toFixed(0)} ms`).toBeLessThan(1000);
+    expect(plan.diagnostics).toEqual([]);
+    expect(plan.tensors).toHaveLength(hf.size - groupedLayers * (2 * EXPERTS - 2));
+    const byName = new Map(plan.tensors.map((t) => [t.name, t]));
+    const grouped = [
+      ...[...PATTERN].flatMap((c, i) => (c === "E" ? [`language_model.model.layers.${i}.mixer.experts`] : [])),
+      "language_model.mtp.layers.1.mixer.experts",
+    ];
+    expect(grouped).toHaveLength(groupedLayers);
+    for (const g of grouped) {
+      const up = byName.get(`${g}.gate_and_up_projs`);
+      const down = byName.get(`${g}.down_projs`);
+      expect({ dtype: up?.dtype, shape: up?.shape, pieces: up?.pieces.length }).toEqual({ dtype: "BF16", shape: [EXPERTS, HIDDEN, MOE_INTER], pieces: EXPERTS });
+      expect({ dtype: down?.dtype, shape: down?.shape, pieces: down?.pieces.length }).toEqual({ dtype: "BF16", shape: [EXPERTS, MOE_INTER, HIDDEN], pieces: EXPERTS });
+    }
+    expect([...byName.keys()].filter((k) => /\.experts\.\d+\./.test(k))).toEqual([]);
+    expect(byName.get("language_model.model.layers.0.mixer._fp32_params.A_log")).toMatchObject({ dtype: "F32", shape: [64] });
+    // bf16 → bf16 and float32 Mamba parameters: no byte is added or lost.
+    expect(bytesOf(plan.tensors)).toBe(bytesOf(hf.values()));
+    expectPiecesFill(plan, hf);
+  });
+
+  it("native → HF of that plan's output plans in well under a second and gives back every HF header", () => {
+    const nativeHeaders = headersOf(native.tensors);
+    const { plan, ms } = timed(() => adapter.planToHf(nativeHeaders));
+    expect(ms, `planned in ${ms.toFixed(0)} ms`).toBeLessThan(1000);
+    expect(plan.diagnostics).toEqual([]);
+    expect(plan.tensors).toHaveLength(hf.size);
+    expect(headersOf(plan.tensors)).toEqual(hf);
+    expectPiecesFill(plan, nativeHeaders);
+  });
+
+  it("one expert-parallel rank: 128 experts over 5 ranks gives rank 2 experts 52–77", () => {
+    const { plan, ms } = timed(() => adapter.planFromHf(hf, { ep: { rank: 2, size: 5 } }));
+    expect(ms, `planned in ${ms.toFixed(0)} ms`).toBeLessThan(1000);
+    const up = plan.tensors.find((t) => t.name === "language_model.model.layers.1.mixer.experts.gate_and_up_projs")!;
+    expect(up.shape).toEqual([26, HIDDEN, MOE_INTER]);
+    // Experts 52…77 of the HF checkpoint, in order.
+    expect(up.pieces.map((p) => p.src)).toEqual(
+      Array.from({ length: 26 }, (_, k) => `language_model.backbone.layers.1.mixer.experts.${52 + k}.up_proj.weight`),
+    );
+  });
+});
+
+describe("planning reads no tensor bytes", () => {
+  let dir: string;
+  beforeAll(async () => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), "omni-ckpt-planning-"));
+    // Small shards, so the checkpoint is several files.
+    await synthesize(path.join(dir, "tiny"), { preset: "tiny", seed: 3, maxShardSize: 8192 });
+  });
+  afterAll(() => {
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("planFromHf and planToHf on a checkpoint's headers never touch its files after opening", () => {
+    const ckpt = Checkpoint.open(path.join(dir, "tiny"));
+    try {
+      const adapter = new NemotronOmniStateDictAdapter(ckpt.readConfig());
+      expect(ckpt.files.length).toBeGreaterThan(1);
+      const spies = ckpt.files.flatMap((f) => [vi.spyOn(f.source, "readSync"), vi.spyOn(f.source, "read")]);
+      const reads = (): number => spies.reduce((n, s) => n + s.mock.calls.length, 0);
+
+      const headers: HeaderMap = ckpt.tensors;
+      const native = adapter.planFromHf(headers);
+      const back = adapter.planToHf(headersOf(native.tensors));
+      // Plain header copies too, as the streaming converter builds them.
+      adapter.planFromHf(headersOf([...ckpt.tensors.values()]), { ep: { rank: 1, size: 3 } });
+      expect(reads()).toBe(0);
+
+      const tiny = PRESETS["tiny"]!.llm;
+      const grouped = 2 + 1; // MoE layers of "ME*ME", and the MoE MTP layer
+      expect(tiny.pattern).toBe("ME*ME");
+      expect(native.tensors).toHaveLength(ckpt.tensors.size - grouped * (2 * tiny.experts - 2));
+      expect(back.tensors).toHaveLength(ckpt.tensors.size);
+      expectPiecesFill(native, headers);
+
+      // The spies do see reads: reading one tensor goes through them.
+      const first = [...ckpt.tensors.values()][0]!;
+      first.file.readTensor(first.name);
+      expect(reads()).toBeGreaterThan(0);
+    } finally {
+      ckpt.close();
+    }
+  });
+});
