@@ -13,7 +13,7 @@ import { synthesize } from "../src/synth/synth.js";
  */
 
 const cli = path.join(path.dirname(fileURLToPath(import.meta.url)), "../src/cli/main.js");
-const rounds = Number(process.env["BENCH_ROUNDS"] ?? 3);
+const rounds = Number(process.env["BENCH_ROUNDS"] ?? 5);
 const cacheRoot = path.join(os.tmpdir(), "omni-ckpt-bench");
 const work = path.join(cacheRoot, "work");
 
@@ -59,7 +59,17 @@ function warm(dir: string): void {
   }
 }
 
+/**
+ * Start every timed command from the same state: earlier output flushed and its deletion (which this
+ * disk discards online) settled, so no run pays for the previous one's writeback.
+ */
+function settle(): void {
+  spawnSync("sync");
+  spawnSync("sleep", ["1"]);
+}
+
 function timed(cmd: string, args: string[]): Sample {
+  settle();
   const t0 = performance.now();
   const r = spawnSync(cmd, args, { encoding: "utf8", stdio: ["ignore", "ignore", "pipe"] });
   const seconds = (performance.now() - t0) / 1000;
