@@ -1,4 +1,5 @@
 import type { ModelConfig } from "../adapters/config.js";
+import { FormatError } from "../errors.js";
 import type { TensorInfo } from "../tensor/tensor.js";
 import { formatShape } from "../tensor/tensor.js";
 import type { Layout } from "./layout.js";
@@ -96,4 +97,11 @@ export function checkConsistency(
   };
   if (epSliceExperts !== undefined) report.epSliceExperts = epSliceExperts;
   return report;
+}
+
+/** Refuse, naming config.json and the first disagreement, when the tensors contradict the config. */
+export function requireConsistent(report: ConsistencyReport, configFile: string): void {
+  if (report.problems.length === 0) return;
+  const more = report.problems.length > 1 ? ` (and ${report.problems.length - 1} more disagreements)` : "";
+  throw new FormatError(configFile, `disagrees with the tensors: ${report.problems[0]}${more}`);
 }

@@ -6,7 +6,7 @@ import { tensorBytes } from "../safetensors/writer.js";
 import type { DType } from "../tensor/dtype.js";
 import { numel } from "../tensor/tensor.js";
 import { COMPONENTS, type Component, componentOf } from "./components.js";
-import { checkConsistency } from "./consistency.js";
+import { checkConsistency, requireConsistent } from "./consistency.js";
 import { type Layout, detectLayout } from "./layout.js";
 import { planConversion, planInput } from "./planner.js";
 
@@ -38,14 +38,15 @@ export interface InspectReport {
   };
   /** Experts per grouped tensor when this native checkpoint is one expert-parallel rank's slice. */
   readonly epSlice?: { readonly experts: number; readonly of: number };
-  /** Why config.json could not be read, or where it disagrees with the tensors. */
-  readonly configProblems: readonly string[];
   readonly convert?:
     | { readonly to: Layout; readonly tensors: number; readonly bytes: number; readonly files: number }
     | { readonly to: Layout; readonly error: string };
 }
 
-/** Everything `inspect` shows, from headers and config.json alone: instant even on the 62 GB model. */
+/**
+ * Everything `inspect` shows, from headers and config.json alone: instant even on the 62 GB model. A folder
+ * whose config.json is missing, broken or contradicted by the tensors is refused, as `convert` would.
+ */
 export function inspectCheckpoint(location: string, options: { followSymlinks?: boolean } = {}): InspectReport {
   const ckpt = Checkpoint.open(location, options.followSymlinks ? { followSymlinks: true } : {});
   try {
@@ -65,17 +66,11 @@ export function inspectCheckpoint(location: string, options: { followSymlinks?: 
     const components = COMPONENTS.filter((c) => stats.has(c)).map((c) => ({ component: c, ...stats.get(c)! }));
     const layout = detectLayout(ckpt.tensors.keys()).layout;
     const base = { location, layout, files: ckpt.files.length, tensors: ckpt.tensors.size, params, bytes: ckpt.totalBytes, components };
-    if (ckpt.dir === undefined) return { ...base, configProblems: ["a bare .safetensors file has no config.json"] };
+    if (ckpt.dir === undefined) return base;
 
     const configFile = path.join(ckpt.dir, CONFIG_FILE);
-    let raw: Record<string, unknown>;
-    let config: ModelConfig;
-    try {
-      raw = ckpt.readConfig();
-      config = parseModelConfig(raw, configFile);
-    } catch (e) {
-      return { ...base, configProblems: [(e as Error).message] };
-    }
+    const raw = ckpt.readConfig();
+    const config: ModelConfig = parseModelConfig(raw, configFile);
     const llm = config.llm;
     const model = {
       kind: config.kind,
@@ -87,6 +82,7 @@ export function inspectCheckpoint(location: string, options: { followSymlinks?: 
       ...(llm.numNextnPredictLayers !== undefined ? { mtpLayers: llm.numNextnPredictLayers } : {}),
     };
     const report = layout ? checkConsistency(config, layout, planInput(ckpt).headers) : undefined;
+    if (report) requireConsistent(report, configFile);
     const epSlice = report?.epSliceExperts !== undefined && llm.nRoutedExperts !== undefined ? { experts: report.epSliceExperts, of: llm.nRoutedExperts } : undefined;
     let convert: InspectReport["convert"];
     if (layout) {
@@ -102,7 +98,6 @@ export function inspectCheckpoint(location: string, options: { followSymlinks?: 
       ...base,
       model,
       ...(epSlice ? { epSlice } : {}),
-      configProblems: report?.problems ?? [],
       ...(convert ? { convert } : {}),
     };
   } finally {

@@ -3,12 +3,12 @@ import type { ExpertActivation, ExpertParallel } from "../adapters/moe-experts.j
 import { NemotronOmniStateDictAdapter } from "../adapters/nemotron-omni.js";
 import { NemotronV3StateDictAdapter, resolveDType } from "../adapters/nemotron-v3.js";
 import type { Diagnostic, Plan, PlannedTensor } from "../adapters/plan.js";
-import { ConversionError, FormatError, InputError, UsageError } from "../errors.js";
+import { ConversionError, InputError, UsageError } from "../errors.js";
 import type { Checkpoint } from "../safetensors/checkpoint.js";
 import { referenceOrder, tensorBytes } from "../safetensors/writer.js";
 import { isFloat } from "../tensor/dtype.js";
 import type { TensorInfo } from "../tensor/tensor.js";
-import { checkConsistency } from "./consistency.js";
+import { checkConsistency, requireConsistent } from "./consistency.js";
 import { type Layout, layoutName, requireLayout } from "./layout.js";
 
 export interface ConvertOptions {
@@ -115,11 +115,7 @@ export function planConversion(
   const config = parseModelConfig(rawConfig, configFile);
   checkOptions(options, config);
 
-  const report = checkConsistency(config, source, headers);
-  if (report.problems.length > 0) {
-    const more = report.problems.length > 1 ? ` (and ${report.problems.length - 1} more disagreements)` : "";
-    throw new FormatError(configFile, `disagrees with the tensors: ${report.problems[0]}${more}`);
-  }
+  requireConsistent(checkConsistency(config, source, headers), configFile);
 
   const llm = options.numLayers !== undefined ? { ...config.llm, numHiddenLayers: options.numLayers } : config.llm;
   const adapterOptions = {

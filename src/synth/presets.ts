@@ -1,7 +1,8 @@
 /**
  * Sizes of synthetic Omni checkpoints. `tiny` mirrors the oracle fixtures, `small` is a quick but
  * non-trivial model, `bench` keeps the real model's proportions (experts are ~90% of the bytes, 128 of
- * them per MoE layer) at about 1 GB.
+ * them per MoE layer) at about 1 GB, and `nano-omni-30b` has the real model's shapes (SPEC §6; the vision
+ * and sound encoders at plausible RADIO / Parakeet sizes), 62 GB: write it with `--sparse`.
  */
 export interface SynthPreset {
   readonly name: string;
@@ -104,6 +105,31 @@ export const PRESETS: Readonly<Record<string, SynthPreset>> = {
       attnHeads: 8,
       kvHeads: 2,
       headDim: 64,
+      mtp: ["attention", "moe"],
+    },
+  },
+  "nano-omni-30b": {
+    name: "nano-omni-30b",
+    vision: { hidden: 1280, blocks: 32, patch: 16, tokens: 1024 },
+    projector: 20480,
+    sound: { hidden: 1024, layers: 24, heads: 8, projection: 4096 },
+    llm: {
+      hidden: 2688,
+      pattern: "MEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEMEM*EMEMEMEME",
+      vocab: 131072,
+      experts: 128,
+      topK: 6,
+      moeInter: 1856,
+      sharedInter: 3712,
+      mlpInter: 1856,
+      mambaHeads: 64,
+      mambaHeadDim: 64,
+      mambaGroups: 8,
+      ssmState: 128,
+      convKernel: 4,
+      attnHeads: 32,
+      kvHeads: 2,
+      headDim: 128,
       mtp: ["attention", "moe"],
     },
   },

@@ -1,8 +1,9 @@
+import * as fs from "node:fs";
 import * as path from "node:path";
 import { UsageError } from "../errors.js";
-import { CONFIG_FILE } from "../safetensors/checkpoint.js";
-import { DEFAULT_MAX_SHARD_SIZE, ShardedWriter, writeFileDurably } from "../safetensors/sharded-writer.js";
-import { referenceOrder, tensorBytes } from "../safetensors/writer.js";
+import { CONFIG_FILE, INDEX_FILE } from "../safetensors/checkpoint.js";
+import { DEFAULT_MAX_SHARD_SIZE, ShardedWriter, planShards, writeFileDurably } from "../safetensors/sharded-writer.js";
+import { encodeHeader, referenceOrder, tensorBytes } from "../safetensors/writer.js";
 import { OutputFolder } from "../convert/output-folder.js";
 import type { DType } from "../tensor/dtype.js";
 import { PRESETS, type SynthPreset } from "./presets.js";
@@ -16,6 +17,11 @@ export interface SynthOptions {
   readonly scale?: number;
   readonly maxShardSize?: number;
   readonly force?: boolean;
+  /**
+   * Write the headers but leave the data as holes (zeros): a checkpoint of the full size and shape that
+   * takes no disk space and is written instantly. For planning, `inspect` and pipeline tests at real scale.
+   */
+  readonly sparse?: boolean;
 }
 
 type Kind = "weight" | "fp32" | "count" | "ones" | "zeros";
@@ -262,6 +268,31 @@ export interface SynthSummary {
   readonly files: readonly string[];
 }
 
+/** Shards with real headers and holes for data, plus the index: a sparse placeholder of any size. */
+function writeSparse(dir: string, tensors: readonly SynthTensor[], maxShardSize: number): string[] {
+  const plans = planShards(tensors, maxShardSize);
+  for (const plan of plans) {
+    const header = encodeHeader(plan.tensors);
+    const fd = fs.openSync(path.join(dir, plan.file), "wx", 0o644);
+    try {
+      fs.writeSync(fd, header.bytes);
+      fs.ftruncateSync(fd, header.bytes.byteLength + header.dataSize);
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+  const files = plans.map((p) => p.file);
+  if (plans.length > 1) {
+    const weightMap: Record<string, string> = {};
+    for (const p of plans) for (const t of p.tensors) weightMap[t.name] = p.file;
+    const total = plans.reduce((n, p) => n + p.dataSize, 0);
+    writeFileDurably(path.join(dir, INDEX_FILE), `${JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2)}\n`);
+    files.push(INDEX_FILE);
+  }
+  return files;
+}
+
 /** Write a synthetic HF-layout checkpoint to `dir` (built in a temporary sibling, renamed when complete). */
 export async function synthesize(dir: string, options: SynthOptions = {}): Promise<SynthSummary> {
   const preset = PRESETS[options.preset ?? "tiny"];
@@ -275,9 +306,13 @@ export async function synthesize(dir: string, options: SynthOptions = {}): Promi
   const out = OutputFolder.prepare(dir, options.force ? { force: true } : {});
   let writer: ShardedWriter | undefined;
   try {
-    writer = new ShardedWriter(out.tmp, ordered, options.maxShardSize ?? DEFAULT_MAX_SHARD_SIZE);
-    for (const t of ordered) await writer.write(t.name, 0, synthBytes(t, seed));
-    const files = await writer.finish(() => undefined);
+    let files: string[];
+    if (options.sparse) files = writeSparse(out.tmp, ordered, options.maxShardSize ?? DEFAULT_MAX_SHARD_SIZE);
+    else {
+      writer = new ShardedWriter(out.tmp, ordered, options.maxShardSize ?? DEFAULT_MAX_SHARD_SIZE);
+      for (const t of ordered) await writer.write(t.name, 0, synthBytes(t, seed));
+      files = await writer.finish(() => undefined);
+    }
     writeFileDurably(path.join(out.tmp, CONFIG_FILE), `${JSON.stringify(config, null, 2)}\n`);
     writeFileDurably(
       path.join(out.tmp, "tokenizer_config.json"),
@@ -285,7 +320,8 @@ export async function synthesize(dir: string, options: SynthOptions = {}): Promi
     );
     writeFileDurably(path.join(out.tmp, "generation_config.json"), `${JSON.stringify({ do_sample: false, max_new_tokens: 16 }, null, 2)}\n`);
     out.commit();
-    return { dir, preset: preset.name, tensors: ordered.length, bytes: writer.totalSize, files: [...files, CONFIG_FILE, "tokenizer_config.json", "generation_config.json"] };
+    const bytes = ordered.reduce((n, t) => n + tensorBytes(t), 0);
+    return { dir, preset: preset.name, tensors: ordered.length, bytes, files: [...files, CONFIG_FILE, "tokenizer_config.json", "generation_config.json"] };
   } catch (e) {
     writer?.abandon();
     out.abort();

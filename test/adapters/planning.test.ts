@@ -16,37 +16,12 @@ import { type TensorInfo, numel } from "../../src/tensor/tensor.js";
  * no tensor byte of a checkpoint on disk.
  */
 
-const PATTERN = "MEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEMEM*EMEMEMEME";
-const EXPERTS = 128;
-const HIDDEN = 2688;
-const MOE_INTER = 1856;
-
 /** SPEC §6's language model; vision and sound at plausible RADIO / Parakeet sizes. */
-const REAL: SynthPreset = {
-  name: "nemotron-3-nano-omni-30b-a3b",
-  vision: { hidden: 1280, blocks: 32, patch: 16, tokens: 1024 },
-  projector: 20480,
-  sound: { hidden: 1024, layers: 24, heads: 8, projection: 4096 },
-  llm: {
-    hidden: HIDDEN,
-    pattern: PATTERN,
-    vocab: 131072,
-    experts: EXPERTS,
-    topK: 6,
-    moeInter: MOE_INTER,
-    sharedInter: 3712,
-    mlpInter: 1856,
-    mambaHeads: 64,
-    mambaHeadDim: 64,
-    mambaGroups: 8,
-    ssmState: 128,
-    convKernel: 4,
-    attnHeads: 32,
-    kvHeads: 2,
-    headDim: 128,
-    mtp: ["attention", "moe"],
-  },
-};
+const REAL: SynthPreset = PRESETS["nano-omni-30b"]!;
+const PATTERN = REAL.llm.pattern;
+const EXPERTS = REAL.llm.experts;
+const HIDDEN = REAL.llm.hidden;
+const MOE_INTER = REAL.llm.moeInter;
 
 const headersOf = (tensors: readonly { name: string; dtype: TensorInfo["dtype"]; shape: readonly number[] }[]): Map<string, TensorInfo> =>
   new Map(tensors.map((t) => [t.name, { dtype: t.dtype, shape: [...t.shape] }]));
@@ -56,12 +31,6 @@ const bytesOf = (headers: Iterable<TensorInfo>): number => {
   for (const t of headers) n += numel(t.shape) * itemSize(t.dtype);
   return n;
 };
-
-function timed(f: () => Plan): { plan: Plan; ms: number } {
-  const start = performance.now();
-  const plan = f();
-  return { plan, ms: performance.now() - start };
-}
 
 /** Every planned tensor's pieces fill it exactly (element counts add up, views agree in shape). */
 function expectPiecesFill(plan: Plan, inputs: HeaderMap): void {
@@ -98,10 +67,10 @@ describe("planning the real model (SPEC §6) from headers", () => {
 
   let native: Plan;
 
-  it("HF → native plans in well under a second, with the grouped shapes [128, 2688, 1856] / [128, 1856, 2688]", () => {
-    const { plan, ms } = timed(() => adapter.planFromHf(hf));
+  // How long this takes is measured by `npm run bench`, not asserted here.
+  it("HF → native plans the grouped shapes [128, 2688, 1856] / [128, 1856, 2688]", () => {
+    const plan = adapter.planFromHf(hf);
     native = plan;
-    expect(ms, `planned in ${ms.toFixed(0)} ms`).toBeLessThan(1000);
     expect(plan.diagnostics).toEqual([]);
     expect(plan.tensors).toHaveLength(hf.size - groupedLayers * (2 * EXPERTS - 2));
     const byName = new Map(plan.tensors.map((t) => [t.name, t]));
@@ -123,10 +92,9 @@ describe("planning the real model (SPEC §6) from headers", () => {
     expectPiecesFill(plan, hf);
   });
 
-  it("native → HF of that plan's output plans in well under a second and gives back every HF header", () => {
+  it("native → HF of that plan's output gives back every HF header", () => {
     const nativeHeaders = headersOf(native.tensors);
-    const { plan, ms } = timed(() => adapter.planToHf(nativeHeaders));
-    expect(ms, `planned in ${ms.toFixed(0)} ms`).toBeLessThan(1000);
+    const plan = adapter.planToHf(nativeHeaders);
     expect(plan.diagnostics).toEqual([]);
     expect(plan.tensors).toHaveLength(hf.size);
     expect(headersOf(plan.tensors)).toEqual(hf);
@@ -134,8 +102,7 @@ describe("planning the real model (SPEC §6) from headers", () => {
   });
 
   it("one expert-parallel rank: 128 experts over 5 ranks gives rank 2 experts 52–77", () => {
-    const { plan, ms } = timed(() => adapter.planFromHf(hf, { ep: { rank: 2, size: 5 } }));
-    expect(ms, `planned in ${ms.toFixed(0)} ms`).toBeLessThan(1000);
+    const plan = adapter.planFromHf(hf, { ep: { rank: 2, size: 5 } });
     const up = plan.tensors.find((t) => t.name === "language_model.model.layers.1.mixer.experts.gate_and_up_projs")!;
     expect(up.shape).toEqual([26, HIDDEN, MOE_INTER]);
     // Experts 52…77 of the HF checkpoint, in order.

@@ -28,7 +28,6 @@ function render(r: InspectReport): string {
     lines.push(m.experts !== undefined ? `experts: ${m.experts} routed per MoE layer, width ${m.expertWidth}` : "experts: none (dense)");
     if (m.mtpLayers !== undefined) lines.push(`MTP: ${m.mtpLayers} next-token prediction module${m.mtpLayers === 1 ? "" : "s"}`);
   }
-  for (const p of r.configProblems) lines.push(`config.json problem: ${p}`);
   if (r.convert) {
     lines.push("");
     const to = r.convert.to === "hf" ? "HF" : "native";

@@ -11,14 +11,15 @@ export function registerSynth(program: Command): void {
     .command("synth")
     .description("write a synthetic, structurally complete HF-layout Omni checkpoint (deterministic per seed)")
     .argument("<dir>", "folder to create")
-    .option("--preset <name>", `size: ${Object.keys(PRESETS).join(", ")} (bench is about 1 GB)`, "tiny")
+    .option("--preset <name>", `size: ${Object.keys(PRESETS).join(", ")} (bench is about 1 GB, nano-omni-30b the real 62 GB: use --sparse)`, "tiny")
     .option("--seed <n>", "random seed", "0")
     .option("--dtype <dtype>", "weight dtype: bf16 or f32", "bf16")
     .option("--scale <n>", "repeat the layer pattern N times (N× the size, same tensor sizes)", "1")
     .option("--max-shard-size <size>", "largest shard, e.g. 5GB, 100KB", "5GB")
+    .option("--sparse", "write real headers but leave the data as holes (zeros): full size, no disk space")
     .option("--force", "replace DIR if it exists")
     .option("--json", "print a machine-readable summary")
-    .action(async (dir: string, flags: { preset: string; seed: string; dtype: string; scale: string; maxShardSize: string; force?: boolean; json?: boolean }) => {
+    .action(async (dir: string, flags: { preset: string; seed: string; dtype: string; scale: string; maxShardSize: string; force?: boolean; json?: boolean; sparse?: boolean }) => {
       const dtype = flags.dtype.toLowerCase();
       if (dtype !== "bf16" && dtype !== "f32") throw new UsageError(`--dtype must be bf16 or f32, got ${JSON.stringify(flags.dtype)}`);
       const summary = await synthesize(dir, {
@@ -28,6 +29,7 @@ export function registerSynth(program: Command): void {
         scale: intFlag(flags.scale, "--scale"),
         maxShardSize: parseSize(flags.maxShardSize),
         ...(flags.force ? { force: true } : {}),
+        ...(flags.sparse ? { sparse: true } : {}),
       });
       if (flags.json) printJson(summary);
       else {
