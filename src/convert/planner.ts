@@ -127,15 +127,21 @@ export function planConversion(
       ? new NemotronOmniStateDictAdapter({ kind: "omni", llm }, adapterOptions)
       : new NemotronV3StateDictAdapter(llm, adapterOptions);
   let plan: Plan;
-  if (options.to === "native") plan = planner.planFromHf(headers, options.ep ? { ep: options.ep } : {});
-  else {
-    plan = planner.planToHf(headers, {
-      ...(options.exclude !== undefined ? { excludeKeyRegex: options.exclude } : {}),
-      v4Compatible: options.v4Compatible ?? false,
-    });
+  try {
+    if (options.to === "native") plan = planner.planFromHf(headers, options.ep ? { ep: options.ep } : {});
+    else {
+      plan = planner.planToHf(headers, {
+        ...(options.exclude !== undefined ? { excludeKeyRegex: options.exclude } : {}),
+        v4Compatible: options.v4Compatible ?? false,
+      });
+    }
+  } catch (e) {
+    // The adapters name tensors; the user also needs to know which checkpoint.
+    if (e instanceof ConversionError) throw new ConversionError(`${where}: ${e.message}`);
+    throw e;
   }
   const fatal = plan.diagnostics.find((d) => FATAL.has(d.code));
-  if (fatal) throw new ConversionError(fatal.message);
+  if (fatal) throw new ConversionError(`${where}: ${fatal.message}`);
 
   // The reference writes the routing bias in float32 when it saves an HF checkpoint; a bf16 bias
   // mis-routes tokens. Its Omni wrapper forgets this (SPEC §2), a whole-checkpoint export must not.

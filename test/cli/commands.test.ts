@@ -207,7 +207,7 @@ describe("convert: refusals leave everything as it was", () => {
     expectCleanError(
       runCli(["convert", "--to", "native", partial, path.join(work, "x4")]),
       2,
-      /expert weights missing from checkpoint: 1\/16 required weights not found .* first missing: language_model\.backbone\.layers\.4\.mixer\.experts\.2\.down_proj\.weight$/,
+      /missing-experts: expert weights missing from checkpoint: 1\/16 required weights not found .* first missing: language_model\.backbone\.layers\.4\.mixer\.experts\.2\.down_proj\.weight$/,
     );
   });
 
