@@ -128,6 +128,8 @@ export async function convertCheckpoint(req: ConvertRequest): Promise<ConvertSum
     } catch (e) {
       writer?.abandon();
       out.abort();
+      // The temporary folder is gone; name the destination the user asked for.
+      if (e instanceof WriteError) throw new WriteError(e.message.split(out.tmp).join(req.dst));
       throw e;
     }
   } finally {

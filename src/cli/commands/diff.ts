@@ -34,7 +34,7 @@ export function registerDiff(program: Command): void {
       say(
         report.identical
           ? `identical: ${formatCount(report.same)} tensors, same names, dtypes, shapes and bytes (${formatSeconds(report.seconds)})`
-          : `different: ${formatCount(report.differences.length)} differences, ${formatCount(report.same)} tensors identical (${formatSeconds(report.seconds)})`,
+          : `different: ${formatCount(report.differences.length)} difference${report.differences.length === 1 ? "" : "s"}, ${formatCount(report.same)} tensors identical (${formatSeconds(report.seconds)})`,
       );
     });
 }
