@@ -25,6 +25,8 @@ export interface ConvertRequest extends ConvertOptions {
   readonly onPlan?: (plan: ConversionPlan) => void;
   /** Bytes written so far, tensors completed so far. */
   readonly onProgress?: (bytesDone: number, tensorsDone: number) => void;
+  /** Leftovers of interrupted runs removed or restored, as they are found. */
+  readonly onNote?: (note: string) => void;
 }
 
 export interface ConvertSummary {
@@ -85,7 +87,11 @@ export async function convertCheckpoint(req: ConvertRequest): Promise<ConvertSum
     const plan = planConversion(planInput(ckpt), ckpt.readConfig(), configFile, req);
     req.onPlan?.(plan);
 
-    const out = OutputFolder.prepare(req.dst, { source: ckpt.dir, ...(req.force ? { force: true } : {}) });
+    const out = OutputFolder.prepare(req.dst, {
+      source: ckpt.dir,
+      ...(req.force ? { force: true } : {}),
+      ...(req.onNote ? { onNote: req.onNote } : {}),
+    });
     let writer: ShardedWriter | undefined;
     try {
       writer = new ShardedWriter(out.tmp, plan.tensors, req.maxShardSize ?? DEFAULT_MAX_SHARD_SIZE);

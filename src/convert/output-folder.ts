@@ -14,6 +14,8 @@ export interface PrepareOptions {
   readonly force?: boolean;
   /** The source folder: the destination may not be it, nor lie inside it. */
   readonly source?: string;
+  /** Told at once about leftovers of interrupted runs that were removed or restored. */
+  readonly onNote?: (note: string) => void;
 }
 
 function isAlive(pid: number): boolean {
@@ -90,7 +92,13 @@ export class OutputFolder {
     readonly tmp: string,
     private readonly lock: string,
     private readonly force: boolean,
+    private readonly onNote?: (note: string) => void,
   ) {}
+
+  private note(text: string): void {
+    this.notes.push(text);
+    this.onNote?.(text);
+  }
 
   static prepare(dst: string, options: PrepareOptions = {}): OutputFolder {
     const target = realish(dst);
@@ -103,7 +111,6 @@ export class OutputFolder {
         throw new UsageError(`--force would replace ${dst}, which contains the source ${options.source}`);
       }
     }
-    checkDestination(dst, target, options.force ?? false);
     const parent = path.dirname(target);
     const base = path.basename(target);
     try {
@@ -114,13 +121,15 @@ export class OutputFolder {
     const lock = path.join(parent, `.${base}${LOCK_TAG}`);
     takeLock(lock, dst);
     const tmp = path.join(parent, `.${base}${TMP_TAG}${process.pid}-${crypto.randomBytes(4).toString("hex")}`);
-    const folder = new OutputFolder(target, tmp, lock, options.force ?? false);
+    const folder = new OutputFolder(target, tmp, lock, options.force ?? false, options.onNote);
     try {
       folder.removeLeftovers(parent, base);
+      checkDestination(dst, target, options.force ?? false);
       fs.mkdirSync(tmp);
     } catch (e) {
       releaseLock(lock);
-      throw e instanceof WriteError ? e : new WriteError(`${tmp}: cannot create the temporary folder: ${describeIoError(e)}`);
+      if (e instanceof InputError || e instanceof WriteError) throw e;
+      throw new WriteError(`${tmp}: cannot create the temporary folder: ${describeIoError(e)}`);
     }
     installSignalHandlers();
     active.add(folder);
@@ -134,8 +143,15 @@ export class OutputFolder {
         if (!name.startsWith(prefix)) continue;
         const pid = Number(name.slice(prefix.length).split("-")[0]);
         if (Number.isInteger(pid) && pid !== process.pid && isAlive(pid)) continue;
-        fs.rmSync(path.join(parent, name), { recursive: true, force: true });
-        this.notes.push(`removed ${path.join(parent, name)}, left by an interrupted run`);
+        const leftover = path.join(parent, name);
+        // A run killed between moving the old DST aside and putting the new one in place: bring the old back.
+        if (tag === OLD_TAG && !fs.existsSync(this.dst)) {
+          fs.renameSync(leftover, this.dst);
+          this.note(`restored ${this.dst} from ${leftover}, left by a --force replacement that was interrupted`);
+          continue;
+        }
+        fs.rmSync(leftover, { recursive: true, force: true });
+        this.note(`removed ${leftover}, left by an interrupted run`);
       }
     }
   }

@@ -114,3 +114,20 @@ describe("two conversions racing to one DST", () => {
     expect(leftovers(work, "raced")).toEqual([]);
   });
 });
+
+describe("a --force replacement killed half-way", () => {
+  it("brings the old DST back on the next run instead of losing it", () => {
+    const dst = path.join(work, "replaced");
+    expect(runCli(["convert", "--to", "native", "-q", src, dst]).code).toBe(0);
+    const before = snapshot(dst);
+    // What a SIGKILL between the two renames of a --force commit leaves: DST moved aside, no DST.
+    const aside = path.join(work, ".replaced.omni-ckpt-old-999999-deadbeef");
+    fs.renameSync(dst, aside);
+    const r = runCli(["convert", "--to", "native", src, dst]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/restored .*replaced from .*\.replaced\.omni-ckpt-old-999999-deadbeef, left by a --force replacement that was interrupted/);
+    expect(r.stderr).toMatch(/replaced already exists and is not empty; pass --force/);
+    expect(snapshot(dst)).toEqual(before);
+    expect(leftovers(work, "replaced")).toEqual([]);
+  });
+});

@@ -81,13 +81,15 @@ export function registerConvert(program: Command): void {
           progress = new Progress(!quiet, "converting", plan.outputBytes, plan.tensors.length);
         },
         onProgress: (bytes, tensors) => progress?.update(bytes, tensors),
+        onNote: (note) => {
+          if (!quiet) warn(note);
+        },
       }).finally(() => progress?.stop());
       if (flags.json) {
         printJson(summary);
         return;
       }
       if (flags.quiet) return;
-      for (const n of summary.notes) warn(n);
       warnList(summary.warnings.map((w) => `warning: ${w.message}`));
       if (summary.skippedFiles.length > 0) warn(`not copied (weights of another checkpoint): ${summary.skippedFiles.join(", ")}`);
       if (summary.configChanged) warn("config.json: num_hidden_layers and the layer pattern were cut to --num-layers");
