@@ -1,15 +1,8 @@
-import type { Tensor } from "../tensor/tensor.js";
 import { type LlmConfig, type ModelConfig, parseModelConfig } from "./config.js";
-import { type StateDict, materialize, toMap } from "./execute.js";
+import { PlannedStateDictAdapter } from "./execute.js";
 import { compileKeyRegex } from "./key-regex.js";
 import { put } from "./moe-experts.js";
-import {
-  type AdapterOptions,
-  type FromHfOptions,
-  NemotronV3StateDictAdapter,
-  type ToHfOptions,
-  run,
-} from "./nemotron-v3.js";
+import { type AdapterOptions, type FromHfOptions, NemotronV3StateDictAdapter, type ToHfOptions } from "./nemotron-v3.js";
 import { Diagnostics, type HeaderMap, type Plan, type PlanDict, type PlannedTensor, inputTensor, renamed } from "./plan.js";
 
 /** The vision projector is an `nn.Sequential` in HF (`mlp1.{0,1,3}`) and named modules natively. */
@@ -34,11 +27,12 @@ function isModelConfig(c: unknown): c is ModelConfig {
  * Nemotron-3-Nano-Omni: routes the vision encoder, vision projector, sound encoder and sound projection
  * itself and hands `language_model.*` to a NemotronV3 adapter, like the reference NemotronOmniStateDictAdapter.
  */
-export class NemotronOmniStateDictAdapter {
+export class NemotronOmniStateDictAdapter extends PlannedStateDictAdapter<FromHfOptions, ToHfOptions> {
   readonly llm: NemotronV3StateDictAdapter;
 
   /** `config` is the model's `config.json` (with `llm_config`) or an already parsed ModelConfig. */
   constructor(config: ModelConfig | Record<string, unknown>, options: AdapterOptions = {}) {
+    super();
     const parsed = isModelConfig(config) ? config : parseModelConfig(config);
     this.llm = new NemotronV3StateDictAdapter(parsed.llm, options);
   }
@@ -99,20 +93,6 @@ export class NemotronOmniStateDictAdapter {
     if (options.excludeKeyRegex === undefined) return result;
     const re = compileKeyRegex(options.excludeKeyRegex);
     return result.filter((r) => !re.test(r.name));
-  }
-
-  fromHf(stateDict: StateDict, options: FromHfOptions = {}): Map<string, Tensor> {
-    const sd = toMap(stateDict);
-    return run(this.planFromHf(sd, options), sd);
-  }
-
-  toHf(stateDict: StateDict, options: ToHfOptions = {}): Map<string, Tensor> {
-    const sd = toMap(stateDict);
-    return run(this.planToHf(sd, options), sd);
-  }
-
-  convertSingleTensorToHf(fqn: string, tensor: Tensor, options: ToHfOptions = {}): [string, Tensor][] {
-    return this.planSingleToHf(fqn, inputTensor(fqn, tensor), options).map((t) => [t.name, materialize(t, () => tensor)]);
   }
 }
 

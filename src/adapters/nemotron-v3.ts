@@ -1,8 +1,7 @@
 import { UsageError } from "../errors.js";
 import { type DType, isDType, isFloat, parseDTypeAlias } from "../tensor/dtype.js";
-import type { Tensor } from "../tensor/tensor.js";
 import { type LlmConfig, parseLlmConfig } from "./config.js";
-import { type StateDict, lookup, materialize, toMap } from "./execute.js";
+import { PlannedStateDictAdapter } from "./execute.js";
 import { compileKeyRegex } from "./key-regex.js";
 import {
   type ExpertActivation,
@@ -23,7 +22,6 @@ import {
   type PlanDict,
   type PlannedTensor,
   dictFromHeaders,
-  inputTensor,
   renamed,
 } from "./plan.js";
 
@@ -107,13 +105,14 @@ function isLlmConfig(c: unknown): c is LlmConfig {
  * NemotronH language model: HF (`backbone.*`, per-expert weights) ⇄ NeMo Automodel (`model.*`, grouped
  * experts, Mamba float32 holders, MTP), bit-identical to the reference NemotronV3StateDictAdapter.
  */
-export class NemotronV3StateDictAdapter {
+export class NemotronV3StateDictAdapter extends PlannedStateDictAdapter<FromHfOptions, ToHfOptions> {
   readonly config: LlmConfig;
   /** Undefined for dense models: no expert rule applies. */
   readonly expertRules: ExpertRules | undefined;
   readonly logger: Logger | undefined;
 
   constructor(config: LlmConfig | Record<string, unknown>, options: AdapterOptions = {}) {
+    super();
     this.config = isLlmConfig(config) ? config : parseLlmConfig(config);
     this.logger = options.logger;
     const activation = options.expertActivation ?? "relu2";
@@ -169,7 +168,7 @@ export class NemotronV3StateDictAdapter {
   }
 
   /** Native → HF for one tensor (`convert_single_tensor_to_hf`); the exclude regex sees the HF keys. */
-  planSingleToHf(fqn: string, t: PlannedTensor, options: ToHfOptions, diags: Diagnostics): PlannedTensor[] {
+  planSingleToHf(fqn: string, t: PlannedTensor, options: ToHfOptions = {}, diags = new Diagnostics(this.logger)): PlannedTensor[] {
     const rules = this.expertRules;
     const v4Compatible = options.v4Compatible ?? false;
     let result: PlannedTensor[];
@@ -209,28 +208,4 @@ export class NemotronV3StateDictAdapter {
     const dict = this.planToHfDict(dictFromHeaders(headers), options, diags);
     return { tensors: [...dict.values()], diagnostics: diags.list };
   }
-
-  fromHf(stateDict: StateDict, options: FromHfOptions = {}): Map<string, Tensor> {
-    const sd = toMap(stateDict);
-    return run(this.planFromHf(sd, options), sd);
-  }
-
-  toHf(stateDict: StateDict, options: ToHfOptions = {}): Map<string, Tensor> {
-    const sd = toMap(stateDict);
-    return run(this.planToHf(sd, options), sd);
-  }
-
-  convertSingleTensorToHf(fqn: string, tensor: Tensor, options: ToHfOptions = {}): [string, Tensor][] {
-    const diags = new Diagnostics(this.logger);
-    const planned = this.planSingleToHf(fqn, inputTensor(fqn, tensor), options, diags);
-    return planned.map((t) => [t.name, materialize(t, () => tensor)]);
-  }
-}
-
-/** Execute a plan against in-memory inputs. */
-export function run(plan: Plan, inputs: ReadonlyMap<string, Tensor>): Map<string, Tensor> {
-  const get = lookup(inputs);
-  const out = new Map<string, Tensor>();
-  for (const t of plan.tensors) out.set(t.name, materialize(t, get));
-  return out;
 }

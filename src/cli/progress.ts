@@ -11,7 +11,7 @@ export class Progress {
 
   constructor(
     enabled: boolean,
-    private readonly label: string,
+    label: string,
     private readonly totalBytes: number,
     private readonly totalTensors?: number,
   ) {
