@@ -1,7 +1,10 @@
 import { kernelArena } from "../tensor/wasm/kernels.js";
 
-/** Address space reserved for conversion buffers; pages count toward memory only once they are used. */
-const ARENA_BYTES = 512 * 1024 * 1024;
+/**
+ * Address space reserved for buffers; pages count toward memory only once they are used. Large enough for
+ * `verify` to hold one of the real model's 1.28 GB grouped tensors and build its experts from it in SIMD.
+ */
+const ARENA_BYTES = 2 * 1024 * 1024 * 1024;
 const ALIGN = 64;
 
 /**

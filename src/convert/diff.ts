@@ -95,30 +95,53 @@ function chunkDelta(a: Uint8Array, b: Uint8Array, dtype: DType): { max: number; 
   return { max, count };
 }
 
-async function compareTensor(a: StoredTensor, b: StoredTensor): Promise<{ same: boolean; hashA: string; hashB: string; max: number; count: number }> {
-  const ha = crypto.createHash("sha256");
-  const hb = crypto.createHash("sha256");
-  const size = a.entry.end - a.entry.begin;
-  const bufA = new Uint8Array(new ArrayBuffer(Math.min(CHUNK, size)));
-  const bufB = new Uint8Array(new ArrayBuffer(Math.min(CHUNK, size)));
-  let same = true;
-  let max = 0;
-  let count = 0;
-  for (let at = 0; at < size; at += CHUNK) {
-    const len = Math.min(CHUNK, size - at);
-    const ca = bufA.subarray(0, len);
-    const cb = bufB.subarray(0, len);
-    await Promise.all([a.file.readRange(a.entry, at, ca), b.file.readRange(b.entry, at, cb)]);
-    ha.update(ca);
-    hb.update(cb);
-    if (Buffer.compare(ca, cb) !== 0) {
-      same = false;
-      const d = chunkDelta(ca, cb, a.dtype);
-      max = Math.max(max, d.max);
-      count += d.count;
+interface Pair {
+  readonly name: string;
+  readonly a: StoredTensor;
+  readonly b: StoredTensor;
+}
+
+interface PairChunk {
+  readonly pair: Pair;
+  readonly a: Uint8Array;
+  readonly b: Uint8Array;
+  readonly last: boolean;
+}
+
+/**
+ * The bytes of every pair of tensors, chunk by chunk, from two reused double buffers: the next chunk is
+ * read while the caller hashes and compares this one (which it must finish before asking for the next).
+ */
+async function* pairedChunks(pairs: readonly Pair[]): AsyncGenerator<PairChunk> {
+  const slots = [0, 1].map(() => ({ a: new Uint8Array(new ArrayBuffer(CHUNK)), b: new Uint8Array(new ArrayBuffer(CHUNK)) }));
+  const jobs = function* () {
+    for (const pair of pairs) {
+      const size = pair.a.entry.end - pair.a.entry.begin;
+      for (let at = 0; at < size || (at === 0 && size === 0); at += CHUNK) {
+        const len = Math.min(CHUNK, size - at);
+        yield { pair, at, len, last: at + len >= size };
+        if (size === 0) break;
+      }
     }
+  };
+  let k = 0;
+  const start = (job: { pair: Pair; at: number; len: number; last: boolean }) => {
+    const slot = slots[k++ % 2]!;
+    const a = slot.a.subarray(0, job.len);
+    const b = slot.b.subarray(0, job.len);
+    const done = Promise.all([job.pair.a.file.readRange(job.pair.a.entry, job.at, a), job.pair.b.file.readRange(job.pair.b.entry, job.at, b)]);
+    done.catch(() => undefined);
+    return done.then(() => ({ pair: job.pair, a, b, last: job.last }));
+  };
+  const it = jobs();
+  let next = it.next();
+  let pending = next.done ? undefined : start(next.value);
+  while (pending) {
+    const ready = await pending;
+    next = it.next();
+    pending = next.done ? undefined : start(next.value);
+    yield ready;
   }
-  return { same, hashA: ha.digest("hex"), hashB: hb.digest("hex"), max, count };
 }
 
 /** Compare two checkpoints of the same layout tensor by tensor, streaming their bytes. */
@@ -141,38 +164,50 @@ export async function diffCheckpoints(pathA: string, pathB: string, options: Dif
     let bytesTotal = 0;
     for (const t of a.tensors.values()) if (b.tensors.has(t.name)) bytesTotal += t.entry.end - t.entry.begin;
     const names = [...new Set([...a.tensors.keys(), ...b.tensors.keys()])].sort();
+    const pairs: Pair[] = [];
     for (const name of names) {
       const ta = a.tensors.get(name);
       const tb = b.tensors.get(name);
-      if (!tb) {
-        differences.push({ name, kind: "only-a", detail: `only in ${pathA} (${ta!.dtype}${formatShape(ta!.shape)})` });
-        continue;
-      }
-      if (!ta) {
-        differences.push({ name, kind: "only-b", detail: `only in ${pathB} (${tb.dtype}${formatShape(tb.shape)})` });
-        continue;
-      }
-      if (ta.dtype !== tb.dtype) {
-        differences.push({ name, kind: "dtype", detail: `dtype ${ta.dtype} vs ${tb.dtype}` });
-      } else if (!sameShape(ta.shape, tb.shape)) {
+      if (!tb) differences.push({ name, kind: "only-a", detail: `only in ${pathA} (${ta!.dtype}${formatShape(ta!.shape)})` });
+      else if (!ta) differences.push({ name, kind: "only-b", detail: `only in ${pathB} (${tb.dtype}${formatShape(tb.shape)})` });
+      else if (ta.dtype !== tb.dtype) differences.push({ name, kind: "dtype", detail: `dtype ${ta.dtype} vs ${tb.dtype}` });
+      else if (!sameShape(ta.shape, tb.shape)) {
         differences.push({ name, kind: "shape", detail: `shape ${formatShape(ta.shape)} vs ${formatShape(tb.shape)}` });
-      } else {
-        const r = await compareTensor(ta, tb);
-        hashes.set(name, { a: r.hashA, b: r.hashB });
-        if (r.same) same++;
-        else {
-          differences.push({
-            name,
-            kind: "content",
-            detail: `${r.count} of ${ta.shape.reduce((x, y) => x * y, 1)} elements differ, max |a - b| = ${r.max}`,
-            maxAbsDiff: r.max,
-            differingElements: r.count,
-          });
-        }
+      } else pairs.push({ name, a: ta, b: tb });
+    }
+    let ha = crypto.createHash("sha256");
+    let hb = crypto.createHash("sha256");
+    let delta = { max: 0, count: 0 };
+    let equal = true;
+    for await (const c of pairedChunks(pairs)) {
+      ha.update(c.a);
+      hb.update(c.b);
+      if (Buffer.compare(c.a, c.b) !== 0) {
+        equal = false;
+        const d = chunkDelta(c.a, c.b, c.pair.a.dtype);
+        delta = { max: Math.max(delta.max, d.max), count: delta.count + d.count };
       }
-      bytesDone += ta.entry.end - ta.entry.begin;
+      bytesDone += c.a.byteLength;
+      if (!c.last) continue;
+      const { name, a: ta } = c.pair;
+      hashes.set(name, { a: ha.digest("hex"), b: hb.digest("hex") });
+      if (equal) same++;
+      else {
+        differences.push({
+          name,
+          kind: "content",
+          detail: `${delta.count} of ${ta.shape.reduce((x, y) => x * y, 1)} elements differ, max |a - b| = ${delta.max}`,
+          maxAbsDiff: delta.max,
+          differingElements: delta.count,
+        });
+      }
+      ha = crypto.createHash("sha256");
+      hb = crypto.createHash("sha256");
+      delta = { max: 0, count: 0 };
+      equal = true;
       options.onProgress?.(bytesDone, bytesTotal);
     }
+    differences.sort((x, y) => (x.name < y.name ? -1 : x.name > y.name ? 1 : 0));
     return {
       a: pathA,
       b: pathB,

@@ -9,6 +9,8 @@ import { BufferPool } from "./buffer-pool.js";
 export interface TensorSource {
   info(name: string): TensorInfo;
   read(name: string, offset: number, buf: Uint8Array): Promise<void>;
+  /** The bytes in place, without a copy, when the source holds them in memory. */
+  view?(name: string, offset: number, length: number): Uint8Array | undefined;
 }
 
 /** Where finished bytes of output tensors go, `offset` bytes into the tensor. */
@@ -254,16 +256,30 @@ export async function streamTensors(
   }
 }
 
-/** Build one planned tensor in memory, reading only the byte ranges its pieces need. */
-export async function buildTensor(t: PlannedTensor, source: TensorSource, scratch = new Scratch()): Promise<Tensor> {
-  const data = new Uint8Array(new ArrayBuffer(numel(t.shape) * itemSize(t.dtype)));
-  for (const p of t.pieces) {
-    const srcDType = source.info(p.src).dtype;
-    const inItem = itemSize(srcDType);
-    const { start, end } = extent(p.srcView);
-    const region = new Uint8Array(new ArrayBuffer((end - start) * inItem));
-    await source.read(p.src, start * inItem, region);
-    transfer(region, srcDType, rebase(p.srcView, start), data, t.dtype, p.dstView, scratch);
+/**
+ * Build one planned tensor in memory (from the pool, so its transposes run in SIMD), reading only the byte
+ * ranges its pieces need, or viewing them in place when the source already holds them in memory. The
+ * caller releases `data` to the pool when done with it.
+ */
+export async function buildTensor(t: PlannedTensor, source: TensorSource, pool: BufferPool, scratch = new Scratch()): Promise<Tensor> {
+  const data = pool.acquire(numel(t.shape) * itemSize(t.dtype));
+  try {
+    for (const p of t.pieces) {
+      const srcDType = source.info(p.src).dtype;
+      const inItem = itemSize(srcDType);
+      const { start, end } = extent(p.srcView);
+      const inPlace = source.view?.(p.src, start * inItem, (end - start) * inItem);
+      const region = inPlace ?? pool.acquire((end - start) * inItem);
+      try {
+        if (!inPlace) await source.read(p.src, start * inItem, region);
+        transfer(region, srcDType, rebase(p.srcView, start), data, t.dtype, p.dstView, scratch);
+      } finally {
+        if (!inPlace) pool.release(region);
+      }
+    }
+  } catch (e) {
+    pool.release(data);
+    throw e;
   }
   return { dtype: t.dtype, shape: [...t.shape], data };
 }

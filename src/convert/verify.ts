@@ -9,6 +9,7 @@ import { COMPONENTS, type Component, componentOf } from "./components.js";
 import { checkpointSource } from "./convert.js";
 import { type Layout, requireLayout } from "./layout.js";
 import { planConversion, planInput } from "./planner.js";
+import { BufferPool } from "./buffer-pool.js";
 import { type TensorSource, buildTensor } from "./stream.js";
 
 export interface ComponentCheck {
@@ -81,14 +82,17 @@ export async function verifyCheckpoint(dir: string, options: VerifyOptions = {})
 
     const disk = checkpointSource(ckpt);
     const scratch = new Scratch();
+    const pool = new BufferPool();
     let held = new Map<string, Tensor>();
+    const heldData = (name: string): Uint8Array => {
+      const t = held.get(name);
+      if (!t) throw new Error(`internal: intermediate ${name} not built`);
+      return t.data;
+    };
     const intermediate: TensorSource = {
       info: (name) => middleHeaders.get(name)!,
-      read: async (name, offset, buf) => {
-        const t = held.get(name);
-        if (!t) throw new Error(`internal: intermediate ${name} not built`);
-        buf.set(t.data.subarray(offset, offset + buf.byteLength));
-      },
+      read: async (name, offset, buf) => buf.set(heldData(name).subarray(offset, offset + buf.byteLength)),
+      view: (name, offset, length) => heldData(name).subarray(offset, offset + length),
     };
 
     // Finals that read the same intermediate run back to back, so each intermediate is built once.
@@ -110,42 +114,59 @@ export async function verifyCheckpoint(dir: string, options: VerifyOptions = {})
     let bytesDone = 0;
     let tensorsDone = 0;
 
+    /** Compare one round-tripped tensor with the checkpoint's, reading the original back in chunks. */
+    async function compareWithOriginal(name: string, built: Tensor): Promise<void> {
+      const original = ckpt.tensors.get(name);
+      if (!original) {
+        note(`${name}: produced by the round trip but not in the checkpoint`);
+        bump(name, "differ");
+        return;
+      }
+      const size = original.entry.end - original.entry.begin;
+      if (original.dtype === built.dtype && sameShape(original.shape, built.shape)) {
+        let same = true;
+        const chunk = pool.acquire(Math.min(COMPARE_CHUNK, size));
+        try {
+          for (let at = 0; at < size && same; at += COMPARE_CHUNK) {
+            const part = chunk.subarray(0, Math.min(COMPARE_CHUNK, size - at));
+            await disk.read(name, at, part);
+            same = Buffer.compare(part, built.data.subarray(at, at + part.byteLength)) === 0;
+          }
+        } finally {
+          pool.release(chunk);
+        }
+        bump(name, same ? "exact" : "differ");
+        if (!same) note(`${name}: bytes differ after the round trip`);
+      } else {
+        const orig: Tensor = { dtype: original.dtype, shape: original.shape, data: new Uint8Array(size) };
+        await disk.read(name, 0, orig.data);
+        if (sameValues(orig, built) && itemSize(built.dtype) > itemSize(orig.dtype)) {
+          bump(name, "upcast");
+          note(`${name}: ${orig.dtype} came back as ${built.dtype} with the same values (upcast by rule)`);
+        } else {
+          bump(name, "differ");
+          note(`${name}: ${orig.dtype}[${orig.shape.join(", ")}] came back as ${built.dtype}[${built.shape.join(", ")}]`);
+        }
+      }
+      bytesDone += size;
+      options.onProgress?.(bytesDone, ++tensorsDone, bytesTotal, ckpt.tensors.size);
+    }
+
     for (const final of finals) {
       const needed = new Set(final.pieces.map((p) => p.src));
       const next = new Map<string, Tensor>();
-      for (const name of needed) next.set(name, held.get(name) ?? (await buildTensor(middle.get(name)!, disk, scratch)));
+      for (const name of needed) next.set(name, held.get(name) ?? (await buildTensor(middle.get(name)!, disk, pool, scratch)));
+      for (const [name, t] of held) if (!next.has(name)) pool.release(t.data);
       held = next;
-      const built = await buildTensor(final, intermediate, scratch);
-      const original = ckpt.tensors.get(final.name);
-      if (!original) {
-        note(`${final.name}: produced by the round trip but not in the checkpoint`);
-        bump(final.name, "differ");
-        continue;
+      const built = await buildTensor(final, intermediate, pool, scratch);
+      try {
+        await compareWithOriginal(final.name, built);
+      } finally {
+        pool.release(built.data);
       }
-      if (original.dtype === built.dtype && sameShape(original.shape, built.shape)) {
-        let same = true;
-        const size = built.data.byteLength;
-        for (let at = 0; at < size && same; at += COMPARE_CHUNK) {
-          const chunk = new Uint8Array(Math.min(COMPARE_CHUNK, size - at));
-          await disk.read(final.name, at, chunk);
-          same = Buffer.compare(chunk, built.data.subarray(at, at + chunk.byteLength)) === 0;
-        }
-        bump(final.name, same ? "exact" : "differ");
-        if (!same) note(`${final.name}: bytes differ after the round trip`);
-      } else {
-        const orig: Tensor = { dtype: original.dtype, shape: original.shape, data: new Uint8Array(original.entry.end - original.entry.begin) };
-        await disk.read(final.name, 0, orig.data);
-        if (sameValues(orig, built) && itemSize(built.dtype) > itemSize(orig.dtype)) {
-          bump(final.name, "upcast");
-          note(`${final.name}: ${orig.dtype} came back as ${built.dtype} with the same values (upcast by rule)`);
-        } else {
-          bump(final.name, "differ");
-          note(`${final.name}: ${orig.dtype}[${orig.shape.join(", ")}] came back as ${built.dtype}[${built.shape.join(", ")}]`);
-        }
-      }
-      bytesDone += original.entry.end - original.entry.begin;
-      options.onProgress?.(bytesDone, ++tensorsDone, bytesTotal, ckpt.tensors.size);
     }
+    for (const t of held.values()) pool.release(t.data);
+
     const produced = new Set(backward.tensors.map((t) => t.name));
     for (const name of ckpt.tensors.keys()) {
       if (produced.has(name)) continue;

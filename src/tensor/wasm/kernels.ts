@@ -33,8 +33,16 @@ export function kernelArena(bytes: number): ArrayBuffer | undefined {
   if (arenaBuffer) return arenaBuffer;
   const e = load();
   if (!e) return undefined;
-  const have = e.memory.buffer.byteLength;
-  if (bytes > have) e.memory.grow(Math.ceil((bytes - have) / 65536));
+  // Address space, not memory: pages cost only once touched. Where even that is refused, ask for less.
+  for (let want = bytes; want >= 64 * 1024 * 1024; want /= 2) {
+    const have = e.memory.buffer.byteLength;
+    try {
+      if (want > have) e.memory.grow(Math.ceil((want - have) / 65536));
+      break;
+    } catch {
+      // Try half as much.
+    }
+  }
   arenaBuffer = e.memory.buffer;
   return arenaBuffer;
 }
