@@ -1,43 +1,41 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { FormatError } from "../errors.js";
-import { CONFIG_FILE } from "../safetensors/checkpoint.js";
+import { CONFIG_FILE, requireInside } from "../safetensors/checkpoint.js";
 import { describeIoError, fileKind } from "../safetensors/source.js";
 import { WriteError } from "../safetensors/writer.js";
 
-export interface AuxCopyResult {
-  /** Folder-relative paths copied. */
-  readonly copied: string[];
+export interface AuxFiles {
+  /** Folder-relative paths, parents before children: folders to create and files to copy. */
+  readonly entries: readonly { readonly rel: string; readonly dir: boolean }[];
   /** Weight files of another checkpoint lying in the folder, which are not part of this one. */
-  readonly skipped: string[];
+  readonly skipped: readonly string[];
 }
 
 /** Top-level weight files that belong to no checkpoint we read would be stale in the output. */
 const STRAY_WEIGHTS = /^[^/]*\.safetensors(\.index\.json)?$/;
 
 /**
- * Copy every file of a checkpoint folder that is not its weights (tokenizer, processor, chat template,
- * custom code, sub-folders) unchanged. FIFOs, sockets and devices are refused rather than read, and
- * symlinks may not lead out of the folder unless allowed.
+ * Every file of a checkpoint folder that is not its weights (tokenizer, processor, chat template, custom
+ * code, sub-folders), checked before any byte is written: FIFOs, sockets and devices are refused rather
+ * than read, and symlinks may not lead out of the folder unless allowed.
  */
-export function copyAuxFiles(
+export function listAuxFiles(
   srcDir: string,
-  dstDir: string,
   weightFiles: ReadonlySet<string>,
   options: { followSymlinks?: boolean; skipConfig?: boolean } = {},
-): AuxCopyResult {
-  const result: AuxCopyResult = { copied: [], skipped: [] };
-  const root = fs.realpathSync(srcDir);
-  const visited = new Set<string>([root]);
+): AuxFiles {
+  const entries: { rel: string; dir: boolean }[] = [];
+  const skipped: string[] = [];
+  const visited = new Set<string>([fs.realpathSync(srcDir)]);
 
   const walk = (rel: string): void => {
-    const dir = path.join(srcDir, rel);
-    for (const name of fs.readdirSync(dir).sort()) {
+    for (const name of fs.readdirSync(path.join(srcDir, rel)).sort()) {
       const relPath = rel ? path.join(rel, name) : name;
       if (weightFiles.has(relPath)) continue;
       if (options.skipConfig && relPath === CONFIG_FILE) continue;
       if (!rel && STRAY_WEIGHTS.test(name)) {
-        result.skipped.push(relPath);
+        skipped.push(relPath);
         continue;
       }
       const full = path.join(srcDir, relPath);
@@ -49,41 +47,46 @@ export function copyAuxFiles(
         } catch (e) {
           throw new FormatError(full, `is a broken symlink: ${describeIoError(e)}`);
         }
-        if (!options.followSymlinks && !(real === root || real.startsWith(root + path.sep))) {
-          throw new FormatError(full, `is a symlink leading outside the checkpoint folder (to ${real}); pass --follow-symlinks to allow it`);
-        }
+        requireInside(srcDir, full, options, real);
         st = fs.statSync(full);
         if (st.isDirectory()) {
           if (visited.has(real)) continue;
           visited.add(real);
         }
       }
-      const out = path.join(dstDir, relPath);
       if (st.isDirectory()) {
-        fs.mkdirSync(out);
+        entries.push({ rel: relPath, dir: true });
         walk(relPath);
-      } else if (st.isFile()) {
-        copyDurably(full, out);
-        result.copied.push(relPath);
-      } else {
-        throw new FormatError(full, `is ${fileKind(st)}, not a regular file; refusing to copy it`);
-      }
+      } else if (st.isFile()) entries.push({ rel: relPath, dir: false });
+      else throw new FormatError(full, `is ${fileKind(st)}, not a regular file; refusing to copy it`);
     }
   };
   walk("");
-  return result;
+  return { entries, skipped };
 }
 
-function copyDurably(from: string, to: string): void {
-  try {
-    fs.copyFileSync(from, to, fs.constants.COPYFILE_EXCL);
-    const fd = fs.openSync(to, "r");
-    try {
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
+/** Copy the listed files unchanged, each synced to disk. Returns the files copied. */
+export function copyAuxFiles(srcDir: string, dstDir: string, aux: AuxFiles): string[] {
+  const copied: string[] = [];
+  for (const e of aux.entries) {
+    const to = path.join(dstDir, e.rel);
+    if (e.dir) {
+      fs.mkdirSync(to);
+      continue;
     }
-  } catch (e) {
-    throw new WriteError(`${to}: copy from ${from} failed: ${describeIoError(e)}`);
+    const from = path.join(srcDir, e.rel);
+    try {
+      fs.copyFileSync(from, to, fs.constants.COPYFILE_EXCL);
+      const fd = fs.openSync(to, "r");
+      try {
+        fs.fsyncSync(fd);
+      } finally {
+        fs.closeSync(fd);
+      }
+    } catch (e) {
+      throw new WriteError(`${to}: copy from ${from} failed: ${describeIoError(e)}`);
+    }
+    copied.push(e.rel);
   }
+  return copied;
 }

@@ -7,7 +7,7 @@ import { SafetensorsFile } from "../safetensors/file.js";
 import { DEFAULT_MAX_SHARD_SIZE, ShardedWriter, writeFileDurably } from "../safetensors/sharded-writer.js";
 import { WriteError } from "../safetensors/writer.js";
 import type { TensorInfo } from "../tensor/tensor.js";
-import { copyAuxFiles } from "./aux-files.js";
+import { copyAuxFiles, listAuxFiles } from "./aux-files.js";
 import { BufferPool } from "./buffer-pool.js";
 import type { Layout } from "./layout.js";
 import { OutputFolder } from "./output-folder.js";
@@ -85,6 +85,11 @@ export async function convertCheckpoint(req: ConvertRequest): Promise<ConvertSum
     if (ckpt.dir === undefined) throw new InputError(`${req.src}: convert needs a checkpoint folder (with config.json), not a single file`);
     const configFile = path.join(ckpt.dir, CONFIG_FILE);
     const plan = planConversion(planInput(ckpt), ckpt.readConfig(), configFile, req);
+    // Every other file is checked before a byte is written, so a bad one fails fast.
+    const aux = listAuxFiles(ckpt.dir, ckpt.weightFiles, {
+      skipConfig: plan.outputConfig !== undefined,
+      ...(req.followSymlinks ? { followSymlinks: true } : {}),
+    });
     req.onPlan?.(plan);
 
     const out = OutputFolder.prepare(req.dst, {
@@ -108,10 +113,7 @@ export async function convertCheckpoint(req: ConvertRequest): Promise<ConvertSum
       });
       const files = await writer.finish(verifyShard);
       if (plan.outputConfig) writeFileDurably(path.join(out.tmp, CONFIG_FILE), `${JSON.stringify(plan.outputConfig, null, 2)}\n`);
-      const aux = copyAuxFiles(ckpt.dir, out.tmp, ckpt.weightFiles, {
-        skipConfig: plan.outputConfig !== undefined,
-        ...(req.followSymlinks ? { followSymlinks: true } : {}),
-      });
+      const copied = copyAuxFiles(ckpt.dir, out.tmp, aux);
       if (!fs.existsSync(path.join(out.tmp, CONFIG_FILE))) throw new FormatError(configFile, "was not copied to the output");
       out.commit();
       return {
@@ -124,7 +126,7 @@ export async function convertCheckpoint(req: ConvertRequest): Promise<ConvertSum
         bytesIn: plan.inputBytes,
         bytesOut: plan.outputBytes,
         files,
-        auxFiles: aux.copied,
+        auxFiles: copied,
         skippedFiles: aux.skipped,
         configChanged: plan.outputConfig !== undefined,
         warnings: plan.warnings,

@@ -91,6 +91,8 @@ export function inspectCheckpoint(location: string, options: { followSymlinks?: 
         const plan = planConversion(planInput(ckpt), raw, configFile, { to });
         convert = { to, tensors: plan.tensors.length, bytes: plan.outputBytes, files: planShards(plan.tensors).length };
       } catch (e) {
+        // An expert-parallel slice is a valid checkpoint that cannot go to HF alone; anything else is broken.
+        if (!epSlice) throw e;
         convert = { to, error: (e as Error).message };
       }
     }

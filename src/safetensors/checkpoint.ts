@@ -42,6 +42,7 @@ export class Checkpoint {
     /** Folder-relative names of the files that hold the weights: shards and index. */
     readonly weightFiles: ReadonlySet<string>,
     readonly sharded: boolean,
+    private readonly options: OpenOptions = {},
   ) {}
 
   static open(location: string, options: OpenOptions = {}): Checkpoint {
@@ -70,7 +71,7 @@ export class Checkpoint {
     if (hasSingle) {
       const rel = SINGLE_FILE;
       const file = openShard(location, rel, options);
-      return new Checkpoint(location, [file], tensorMap([file]), new Set([rel]), false);
+      return new Checkpoint(location, [file], tensorMap([file]), new Set([rel]), false, options);
     }
     return openIndexed(location, indexPath, options);
   }
@@ -85,6 +86,7 @@ export class Checkpoint {
   readConfig(): Record<string, unknown> {
     if (this.dir === undefined) throw new InputError("a bare .safetensors file has no config.json; pass a checkpoint folder");
     const file = path.join(this.dir, CONFIG_FILE);
+    if (present(file)) requireInside(this.dir, file, this.options);
     const value = readJsonFile(file, MAX_CONFIG_BYTES, (text) => toPlain(parseJson(text)));
     if (value === null || typeof value !== "object" || Array.isArray(value)) {
       throw new FormatError(file, "is not a JSON object");
@@ -94,6 +96,18 @@ export class Checkpoint {
 
   close(): void {
     for (const f of this.files) f.close();
+  }
+}
+
+/**
+ * A file the folder names must not be a symlink out of it: an index or config pointing at arbitrary files
+ * would read them (and echo their first bytes in errors). `--follow-symlinks` allows it, for cache snapshots.
+ */
+export function requireInside(dir: string, file: string, options: OpenOptions, real = fs.realpathSync(file), display = file): void {
+  if (options.followSymlinks) return;
+  const root = fs.realpathSync(dir);
+  if (real !== root && !real.startsWith(root + path.sep)) {
+    throw new FormatError(display, `is a symlink leading outside the checkpoint folder (to ${real}); pass --follow-symlinks to allow it`);
   }
 }
 
@@ -175,19 +189,12 @@ function openShard(dir: string, rel: string, options: OpenOptions, indexFile?: s
   } catch (e) {
     throw new FormatError(where, `names shard ${JSON.stringify(rel)}, which cannot be opened: ${describeIoError(e)}`);
   }
-  if (!options.followSymlinks) {
-    const root = fs.realpathSync(dir);
-    if (real !== root && !real.startsWith(root + path.sep)) {
-      throw new FormatError(
-        display,
-        `is a symlink leading outside the checkpoint folder (to ${real}); pass --follow-symlinks to allow it`,
-      );
-    }
-  }
+  requireInside(dir, full, options, real, display);
   return SafetensorsFile.open(full, display);
 }
 
 function openIndexed(dir: string, indexPath: string, options: OpenOptions): Checkpoint {
+  requireInside(dir, indexPath, options);
   const index = readJsonFile(indexPath, MAX_INDEX_BYTES, parseJson);
   if (!isJsonObject(index)) throw new FormatError(indexPath, `is ${describeJson(index)}, not a JSON object`);
   const weightMap = index.get("weight_map");
@@ -234,7 +241,7 @@ function openIndexed(dir: string, indexPath: string, options: OpenOptions): Chec
         throw new FormatError(t.file.name, `is not listed in ${INDEX_FILE}`, t.name);
       }
     }
-    return new Checkpoint(dir, files, tensors, weightFiles, true);
+    return new Checkpoint(dir, files, tensors, weightFiles, true, options);
   } catch (e) {
     for (const f of files) f.close();
     throw e;
