@@ -105,3 +105,14 @@ export function seededRandom(seed: number): Random {
 
 /** The oracle case whose input is per-expert float32 and whose expected output is stacked bfloat16. */
 export const f32ExpertsCase = path.join(oracleDir, "f32-experts-cast-to-bf16");
+
+/** Every `.safetensors` file under `dir`, in a stable order. */
+export function safetensorsFilesUnder(dir: string): string[] {
+  const out: string[] = [];
+  for (const d of fs.readdirSync(dir, { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : 1))) {
+    const full = path.join(dir, d.name);
+    if (d.isDirectory()) out.push(...safetensorsFilesUnder(full));
+    else if (d.isFile() && d.name.endsWith(".safetensors")) out.push(full);
+  }
+  return out;
+}

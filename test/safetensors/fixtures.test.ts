@@ -4,7 +4,7 @@ import { describe, expect, it } from "vitest";
 import { SafetensorsFile } from "../../src/safetensors/file.js";
 import { serialize } from "../../src/safetensors/writer.js";
 import type { Tensor } from "../../src/tensor/tensor.js";
-import { sharedDir } from "../helpers/fixtures.js";
+import { sharedDir, safetensorsFilesUnder } from "../helpers/fixtures.js";
 
 /**
  * Every `.safetensors` file under the shared fixtures was written by PyTorch's `safetensors`. Each is read
@@ -14,15 +14,6 @@ import { sharedDir } from "../helpers/fixtures.js";
 
 const fixturesDir = path.join(sharedDir, "fixtures");
 
-function walk(dir: string): string[] {
-  const out: string[] = [];
-  for (const d of fs.readdirSync(dir, { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : 1))) {
-    const full = path.join(dir, d.name);
-    if (d.isDirectory()) out.push(...walk(full));
-    else if (d.isFile() && d.name.endsWith(".safetensors")) out.push(full);
-  }
-  return out;
-}
 
 interface NaiveEntry {
   readonly name: string;
@@ -64,7 +55,7 @@ function naiveParse(bytes: Uint8Array): NaiveFile {
 
 const ITEM: Record<string, number> = { F64: 8, I64: 8, U64: 8, F32: 4, I32: 4, U32: 4, F16: 2, BF16: 2, I16: 2, U16: 2 };
 
-const files = walk(fixturesDir);
+const files = safetensorsFilesUnder(fixturesDir);
 
 describe("fixture files written by PyTorch", () => {
   it("finds the fixture tree", () => {

@@ -7,7 +7,7 @@ import { FormatError, InputError } from "../../src/errors.js";
 import { Checkpoint } from "../../src/safetensors/checkpoint.js";
 import { SafetensorsFile } from "../../src/safetensors/file.js";
 import { type ByteSource, MemorySource } from "../../src/safetensors/source.js";
-import { oracleDir } from "../helpers/fixtures.js";
+import { oracleDir, safetensorsFilesUnder } from "../helpers/fixtures.js";
 import {
   PREFIX,
   Rng,
@@ -51,21 +51,12 @@ interface Seed {
   readonly bytes: Uint8Array;
 }
 
-function walk(dir: string): string[] {
-  const out: string[] = [];
-  for (const d of fs.readdirSync(dir, { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : 1))) {
-    const full = path.join(dir, d.name);
-    if (d.isDirectory()) out.push(...walk(full));
-    else if (d.isFile() && d.name.endsWith(".safetensors")) out.push(full);
-  }
-  return out;
-}
 
 /** Every oracle `.safetensors`, once per distinct content. */
 function oracleSeeds(): Seed[] {
   const seen = new Set<string>();
   const out: Seed[] = [];
-  for (const file of walk(oracleDir)) {
+  for (const file of safetensorsFilesUnder(oracleDir)) {
     const bytes = new Uint8Array(fs.readFileSync(file));
     const digest = createHash("sha256").update(bytes).digest("hex");
     if (seen.has(digest)) continue;

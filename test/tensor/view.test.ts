@@ -14,6 +14,7 @@ import {
   transpose,
 } from "../../src/tensor/view.js";
 import { type Random, seededRandom } from "../helpers/fixtures.js";
+import { indices } from "../helpers/state-dicts.js";
 
 const plain = (v: View): { offset: number; shape: number[]; strides: number[] } => ({
   offset: v.offset,
@@ -136,16 +137,6 @@ function unravel(at: number, shape: readonly number[]): number[] {
   return index;
 }
 
-function* indices(shape: readonly number[]): Generator<number[]> {
-  if (shape.some((d) => d === 0)) return;
-  const index = new Array<number>(shape.length).fill(0);
-  for (;;) {
-    yield [...index];
-    let k = shape.length - 1;
-    while (k >= 0 && ++index[k]! === shape[k]) index[k--] = 0;
-    if (k < 0) return;
-  }
-}
 
 const count = (shape: readonly number[]): number => shape.reduce((a, b) => a * b, 1);
 const addressOf = (v: View, index: readonly number[]): number =>
