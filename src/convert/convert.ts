@@ -90,13 +90,12 @@ export async function convertCheckpoint(req: ConvertRequest): Promise<ConvertSum
       skipConfig: plan.outputConfig !== undefined,
       ...(req.followSymlinks ? { followSymlinks: true } : {}),
     });
-    req.onPlan?.(plan);
-
     const out = OutputFolder.prepare(req.dst, {
       source: ckpt.dir,
       ...(req.force ? { force: true } : {}),
       ...(req.onNote ? { onNote: req.onNote } : {}),
     });
+    req.onPlan?.(plan);
     let writer: ShardedWriter | undefined;
     try {
       writer = new ShardedWriter(out.tmp, plan.tensors, req.maxShardSize ?? DEFAULT_MAX_SHARD_SIZE);
