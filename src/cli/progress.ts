@@ -19,7 +19,7 @@ export class Progress {
     const tensors = totalTensors !== undefined ? " | {tensors} tensors" : "";
     this.bar = new cliProgress.SingleBar(
       {
-        format: `${label} [{bar}] {percentage}% | {done}/{total}${tensors} | {rate} | ETA {eta_formatted}`,
+        format: `${label} [{bar}] {percentage}% | {done}/{size}${tensors} | {rate} | ETA {eta_formatted}`,
         stream: process.stderr,
         hideCursor: true,
         clearOnComplete: true,
@@ -36,7 +36,7 @@ export class Progress {
     const secs = (performance.now() - this.started) / 1000;
     return {
       done: formatBytes(bytes),
-      total: formatBytes(this.totalBytes),
+      size: formatBytes(this.totalBytes),
       tensors: `${formatCount(tensors)}/${formatCount(this.totalTensors ?? 0)}`,
       rate: secs > 0 ? `${formatBytes(bytes / secs)}/s` : "-",
     };
