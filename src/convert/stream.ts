@@ -187,7 +187,35 @@ export function* planChunks(
 interface Prepared {
   readonly chunk: Chunk;
   readonly buf: Uint8Array;
+  /** Per piece: where its source bytes were read to (undefined when read straight into the chunk). */
   readonly regions: (Uint8Array | undefined)[];
+  /** The buffers behind `regions`, to release once the chunk is transformed. */
+  readonly held: Uint8Array[];
+}
+
+/**
+ * One read per run of pieces that read adjacent bytes of the same input: splitting a grouped tensor reads
+ * consecutive experts' slabs, which become one large read instead of one per expert.
+ */
+function readRuns(chunk: Chunk): { src: string; start: number; end: number; pieces: number[] }[] {
+  const order = chunk.pieces
+    .map((_, i) => i)
+    .filter((i) => chunk.pieces[i]!.directAt === undefined)
+    .sort((a, b) => {
+      const pa = chunk.pieces[a]!;
+      const pb = chunk.pieces[b]!;
+      return pa.src < pb.src ? -1 : pa.src > pb.src ? 1 : pa.srcByteStart - pb.srcByteStart;
+    });
+  const runs: { src: string; start: number; end: number; pieces: number[] }[] = [];
+  for (const i of order) {
+    const p = chunk.pieces[i]!;
+    const last = runs[runs.length - 1];
+    if (last && last.src === p.src && last.end === p.srcByteStart) {
+      last.end += p.srcByteLength;
+      last.pieces.push(i);
+    } else runs.push({ src: p.src, start: p.srcByteStart, end: p.srcByteStart + p.srcByteLength, pieces: [i] });
+  }
+  return runs;
 }
 
 /**
@@ -206,19 +234,29 @@ export async function streamTensors(
 
   const prepare = async (chunk: Chunk): Promise<Prepared> => {
     const buf = pool.acquire(chunk.byteLength);
-    const regions = chunk.pieces.map((p) => (p.directAt === undefined ? pool.acquire(p.srcByteLength) : undefined));
+    const regions: (Uint8Array | undefined)[] = chunk.pieces.map(() => undefined);
+    const held: Uint8Array[] = [];
+    const reads: Promise<void>[] = [];
+    for (const run of readRuns(chunk)) {
+      const region = pool.acquire(run.end - run.start);
+      held.push(region);
+      for (const i of run.pieces) {
+        const p = chunk.pieces[i]!;
+        regions[i] = region.subarray(p.srcByteStart - run.start, p.srcByteStart - run.start + p.srcByteLength);
+      }
+      reads.push(source.read(run.src, run.start, region));
+    }
+    for (const p of chunk.pieces) {
+      if (p.directAt !== undefined) reads.push(source.read(p.src, p.srcByteStart, buf.subarray(p.directAt, p.directAt + p.srcByteLength)));
+    }
     try {
-      await Promise.all(
-        chunk.pieces.map((p, i) =>
-          source.read(p.src, p.srcByteStart, regions[i] ?? buf.subarray(p.directAt!, p.directAt! + p.srcByteLength)),
-        ),
-      );
+      await Promise.all(reads);
     } catch (e) {
       pool.release(buf);
-      for (const r of regions) if (r) pool.release(r);
+      for (const r of held) pool.release(r);
       throw e;
     }
-    return { chunk, buf, regions };
+    return { chunk, buf, regions, held };
   };
 
   const iterator = planChunks(tensors, source, sink, options.chunkBytes ?? DEFAULT_CHUNK_BYTES);
@@ -234,13 +272,12 @@ export async function streamTensors(
     while (next) {
       const ready = await next;
       startNext();
-      const { chunk, buf, regions } = ready;
+      const { chunk, buf, regions, held } = ready;
       chunk.pieces.forEach((p, i) => {
         const region = regions[i];
-        if (!region) return;
-        transfer(region, p.srcDType, p.srcView, p.dstBase === 0 ? buf : buf.subarray(p.dstBase), p.dstDType, p.dstView, scratch);
-        pool.release(region);
+        if (region) transfer(region, p.srcDType, p.srcView, p.dstBase === 0 ? buf : buf.subarray(p.dstBase), p.dstDType, p.dstView, scratch);
       });
+      for (const r of held) pool.release(r);
       const w = sink.write(chunk.tensor, chunk.byteStart, buf).then(() => {
         pool.release(buf);
         options.onProgress?.(chunk.byteLength, chunk.tensorsCompleted);
