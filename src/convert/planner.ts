@@ -88,14 +88,10 @@ function truncatedConfig(raw: Record<string, unknown>, config: ModelConfig, n: n
   const copy = JSON.parse(JSON.stringify(raw)) as Record<string, unknown>;
   const llm = (config.kind === "omni" ? copy["llm_config"] : copy) as Record<string, unknown>;
   llm["num_hidden_layers"] = n;
-  for (const key of ["hybrid_override_pattern"]) {
-    const v = llm[key];
-    if (typeof v === "string" && v.length > n) llm[key] = v.slice(0, n);
-  }
-  for (const key of ["layers_block_type"]) {
-    const v = llm[key];
-    if (Array.isArray(v) && v.length > n) llm[key] = v.slice(0, n);
-  }
+  const pattern = llm["hybrid_override_pattern"];
+  if (typeof pattern === "string") llm["hybrid_override_pattern"] = pattern.slice(0, n);
+  const blocks = llm["layers_block_type"];
+  if (Array.isArray(blocks)) llm["layers_block_type"] = blocks.slice(0, n);
   return copy;
 }
 
