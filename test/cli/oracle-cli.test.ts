@@ -20,9 +20,25 @@ describe("every oracle case through the CLI, as a spawned process", () => {
         expect(r.code).toBe(0);
         expect(fs.readFileSync(path.join(dst, "model.safetensors"))).toEqual(fs.readFileSync(path.join(c.dir, "expected/model.safetensors")));
         expect(compareTensors(loadAll(dst), loadAll(path.join(c.dir, "expected")))).toEqual([]);
-        expect(fs.readFileSync(path.join(dst, "config.json"), "utf8")).toBe(
-          c.args.includes("--num-layers") ? fs.readFileSync(path.join(dst, "config.json"), "utf8") : fs.readFileSync(path.join(input, "config.json"), "utf8"),
-        );
+        const inputConfig = fs.readFileSync(path.join(input, "config.json"), "utf8");
+        const outputConfig = fs.readFileSync(path.join(dst, "config.json"), "utf8");
+        const layers = c.args.includes("--num-layers") ? Number(c.args[c.args.indexOf("--num-layers") + 1]) : undefined;
+        if (layers === undefined) expect(outputConfig).toBe(inputConfig);
+        else {
+          // The output holds layers 0…N-1 only, so its config says so; everything else is as it was.
+          const before = JSON.parse(inputConfig) as { llm_config: Record<string, unknown> };
+          const after = JSON.parse(outputConfig) as { llm_config: Record<string, unknown> };
+          const llm = before.llm_config;
+          expect(after).toEqual({
+            ...before,
+            llm_config: {
+              ...llm,
+              num_hidden_layers: layers,
+              hybrid_override_pattern: (llm["hybrid_override_pattern"] as string).slice(0, layers),
+              layers_block_type: (llm["layers_block_type"] as string[]).slice(0, layers),
+            },
+          });
+        }
         expect(snapshot(input)).toEqual(before);
       });
 
