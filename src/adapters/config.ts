@@ -71,9 +71,3 @@ export function parseModelConfig(raw: unknown, where = "config.json"): ModelConf
   }
   throw new FormatError(where, "has no llm_config: not a Nemotron Omni (or NemotronH) config");
 }
-
-/** Layer kinds as the pattern spells them. */
-export function layerKind(pattern: string | undefined, layer: number): "mamba" | "moe" | "attention" | "mlp" | undefined {
-  const c = pattern?.[layer];
-  return c === "M" ? "mamba" : c === "E" ? "moe" : c === "*" ? "attention" : c === "-" ? "mlp" : undefined;
-}

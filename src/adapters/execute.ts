@@ -1,11 +1,10 @@
-import { itemSize } from "../tensor/dtype.js";
-import { type Tensor, numel } from "../tensor/tensor.js";
+import { type Tensor, byteLength } from "../tensor/tensor.js";
 import { transfer } from "../tensor/transfer.js";
 import { type HeaderMap, type Plan, type PlannedTensor, inputTensor } from "./plan.js";
 
 /** Build one planned tensor in memory from the tensors it reads. */
 export function materialize(t: PlannedTensor, input: (name: string) => Tensor): Tensor {
-  const data = new Uint8Array(numel(t.shape) * itemSize(t.dtype));
+  const data = new Uint8Array(byteLength(t));
   for (const p of t.pieces) {
     const src = input(p.src);
     transfer(src.data, src.dtype, p.srcView, data, t.dtype, p.dstView);

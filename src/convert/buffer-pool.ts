@@ -78,18 +78,11 @@ function arena(): ArenaAllocator | null {
  * otherwise ordinary memory. Every buffer is 8-byte aligned for the typed-array kernels.
  */
 export class BufferPool {
-  private live = 0;
-  /** Most bytes held at once. */
-  peak = 0;
-
   acquire(size: number): Uint8Array {
-    this.live += size;
-    this.peak = Math.max(this.peak, this.live);
     return arena()?.alloc(size) ?? new Uint8Array(new ArrayBuffer(size));
   }
 
   release(buf: Uint8Array): void {
-    this.live -= buf.byteLength;
     const a = arena();
     if (a && buf.buffer === a.buffer) a.release(buf);
   }

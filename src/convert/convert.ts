@@ -101,7 +101,7 @@ export async function convertCheckpoint(req: ConvertRequest): Promise<ConvertSum
       writer = new ShardedWriter(out.tmp, plan.tensors, req.maxShardSize ?? DEFAULT_MAX_SHARD_SIZE);
       const sink = writer;
       let bytesDone = 0;
-      let tensorsDone = plan.tensors.filter((t) => t.shape.some((d) => d === 0)).length;
+      let tensorsDone = 0;
       await streamTensors(plan.tensors, checkpointSource(ckpt), withInjectedFaults(sink), {
         pool: new BufferPool(),
         onProgress: (bytes, completed) => {

@@ -1,7 +1,7 @@
 import * as crypto from "node:crypto";
 import { InputError } from "../errors.js";
 import { Checkpoint, type StoredTensor } from "../safetensors/checkpoint.js";
-import { castInto } from "../tensor/cast.js";
+import { toFloat64 } from "../tensor/cast.js";
 import { type DType, isFloat, itemSize } from "../tensor/dtype.js";
 import { formatShape, sameShape } from "../tensor/tensor.js";
 import { detectLayout, layoutName } from "./layout.js";
@@ -45,10 +45,8 @@ function chunkDelta(a: Uint8Array, b: Uint8Array, dtype: DType): { max: number; 
   let max = 0;
   let count = 0;
   if (isFloat(dtype)) {
-    const wa = new Float64Array(n);
-    const wb = new Float64Array(n);
-    castInto(a, dtype, new Uint8Array(wa.buffer), "F64", n);
-    castInto(b, dtype, new Uint8Array(wb.buffer), "F64", n);
+    const wa = toFloat64(a, dtype);
+    const wb = toFloat64(b, dtype);
     for (let i = 0; i < n; i++) {
       const x = wa[i]!;
       const y = wb[i]!;

@@ -5,9 +5,9 @@ import { NemotronV3StateDictAdapter, resolveDType } from "../adapters/nemotron-v
 import type { Diagnostic, Plan, PlannedTensor } from "../adapters/plan.js";
 import { ConversionError, InputError, UsageError } from "../errors.js";
 import type { Checkpoint } from "../safetensors/checkpoint.js";
-import { referenceOrder, tensorBytes } from "../safetensors/writer.js";
+import { referenceOrder } from "../safetensors/writer.js";
 import { isFloat } from "../tensor/dtype.js";
-import type { TensorInfo } from "../tensor/tensor.js";
+import { type TensorInfo, byteLength } from "../tensor/tensor.js";
 import { checkConsistency, requireConsistent } from "./consistency.js";
 import { type Layout, layoutName, requireLayout } from "./layout.js";
 
@@ -159,7 +159,7 @@ export function planConversion(
     tensors,
     warnings: plan.diagnostics.filter((d) => !FATAL.has(d.code) && d.code !== "layer-dropped"),
     outputConfig,
-    inputBytes: [...headers.values()].reduce((n, t) => n + tensorBytes(t), 0),
-    outputBytes: tensors.reduce((n, t) => n + tensorBytes(t), 0),
+    inputBytes: [...headers.values()].reduce((n, t) => n + byteLength(t), 0),
+    outputBytes: tensors.reduce((n, t) => n + byteLength(t), 0),
   };
 }

@@ -1,6 +1,6 @@
 import type { PlannedTensor } from "../adapters/plan.js";
 import { type DType, itemSize } from "../tensor/dtype.js";
-import { type Tensor, type TensorInfo, numel } from "../tensor/tensor.js";
+import { type Tensor, type TensorInfo, byteLength } from "../tensor/tensor.js";
 import { Scratch, transfer } from "../tensor/transfer.js";
 import { type View, extent, rebase, simplifyPair } from "../tensor/view.js";
 import { BufferPool } from "./buffer-pool.js";
@@ -139,6 +139,8 @@ export function chunkTensor(t: PlannedTensor, source: TensorSource, chunkBytes =
     end = Math.max(end, s.dstEnd);
   }
   flush(true);
+  // A zero-size tensor has no bytes but still completes: an empty chunk says so.
+  if (chunks.length === 0) chunks.push({ tensor: t.name, byteStart: 0, byteLength: 0, pieces: [], tensorsCompleted: 1 });
   return chunks;
 }
 
@@ -159,7 +161,7 @@ export function* planChunks(
     packed = undefined;
   };
   for (const t of tensors) {
-    const size = numel(t.shape) * itemSize(t.dtype);
+    const size = byteLength(t);
     const chunks = chunkTensor(t, source, chunkBytes);
     const whole = chunks.length === 1 && chunks[0]!.byteStart === 0 && chunks[0]!.byteLength === size;
     if (!whole || size > chunkBytes / 2) {
@@ -299,7 +301,7 @@ export async function streamTensors(
  * caller releases `data` to the pool when done with it.
  */
 export async function buildTensor(t: PlannedTensor, source: TensorSource, pool: BufferPool, scratch = new Scratch()): Promise<Tensor> {
-  const data = pool.acquire(numel(t.shape) * itemSize(t.dtype));
+  const data = pool.acquire(byteLength(t));
   try {
     for (const p of t.pieces) {
       const srcDType = source.info(p.src).dtype;

@@ -2,8 +2,8 @@ import * as path from "node:path";
 import type { PlannedTensor } from "../adapters/plan.js";
 import { CONFIG_FILE, Checkpoint } from "../safetensors/checkpoint.js";
 import { isFloat, itemSize } from "../tensor/dtype.js";
-import { castInto } from "../tensor/cast.js";
-import { type Tensor, type TensorInfo, numel, sameShape } from "../tensor/tensor.js";
+import { toFloat64 } from "../tensor/cast.js";
+import { type Tensor, type TensorInfo, sameShape } from "../tensor/tensor.js";
 import { Scratch } from "../tensor/transfer.js";
 import { COMPONENTS, type Component, componentOf } from "./components.js";
 import { checkpointSource } from "./convert.js";
@@ -47,17 +47,9 @@ const MAX_PROBLEMS = 20;
 /** Same values once both are widened to float64 (NaN equal to NaN): an exact upcast. */
 function sameValues(a: Tensor, b: Tensor): boolean {
   if (!isFloat(a.dtype) || !isFloat(b.dtype) || !sameShape(a.shape, b.shape)) return false;
-  const n = numel(a.shape);
-  const wide = (t: Tensor): Float64Array => {
-    const out = new Float64Array(n);
-    const aligned = new Uint8Array(new ArrayBuffer(t.data.byteLength));
-    aligned.set(t.data);
-    castInto(aligned, t.dtype, new Uint8Array(out.buffer), "F64", n);
-    return out;
-  };
-  const x = wide(a);
-  const y = wide(b);
-  for (let i = 0; i < n; i++) if (!(x[i] === y[i] || (Number.isNaN(x[i]) && Number.isNaN(y[i])))) return false;
+  const x = toFloat64(a.data, a.dtype);
+  const y = toFloat64(b.data, b.dtype);
+  for (let i = 0; i < x.length; i++) if (!(x[i] === y[i] || (Number.isNaN(x[i]) && Number.isNaN(y[i])))) return false;
   return true;
 }
 

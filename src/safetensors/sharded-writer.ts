@@ -7,8 +7,8 @@ import {
   DEFAULT_METADATA,
   SafetensorsFileWriter,
   WriteError,
-  tensorBytes,
 } from "./writer.js";
+import { byteLength } from "../tensor/tensor.js";
 
 /** Hugging Face's default `max_shard_size`. */
 export const DEFAULT_MAX_SHARD_SIZE = 5_000_000_000;
@@ -34,7 +34,7 @@ export function planShards(tensors: readonly DeclaredTensor[], maxShardSize = DE
   const groups: { tensors: DeclaredTensor[]; size: number }[] = [];
   let current: { tensors: DeclaredTensor[]; size: number } | undefined;
   for (const t of tensors) {
-    const size = tensorBytes(t);
+    const size = byteLength(t);
     if (!current || (current.tensors.length > 0 && current.size + size > maxShardSize)) {
       current = { tensors: [], size: 0 };
       groups.push(current);
@@ -79,7 +79,7 @@ export class ShardedWriter {
         this.writers.push(w);
         plan.tensors.forEach((t, i) => {
           if (this.locations.has(t.name)) throw new RangeError(`tensor ${JSON.stringify(t.name)} declared twice`);
-          this.locations.set(t.name, { shard, offset: w.header.offsets[i]!, size: tensorBytes(t) });
+          this.locations.set(t.name, { shard, offset: w.header.offsets[i]!, size: byteLength(t) });
         });
       });
     } catch (e) {
@@ -149,23 +149,29 @@ export class ShardedWriter {
     if (incomplete) throw new Error(`${incomplete.path}: not every tensor was written`);
     await Promise.all(this.syncs);
     for (const w of this.writers) verify(w.path, w.size);
-    const names = this.plans.map((p) => p.file);
-    if (this.plans.length > 1) {
-      const weightMap: Record<string, string> = {};
-      const entries: [string, string][] = [];
-      for (const p of this.plans) for (const t of p.tensors) entries.push([t.name, p.file]);
-      entries.sort((a, b) => Buffer.compare(Buffer.from(a[0]), Buffer.from(b[0])));
-      for (const [k, v] of entries) Object.defineProperty(weightMap, k, { value: v, enumerable: true, writable: true, configurable: true });
-      const index = { metadata: { total_size: this.totalSize }, weight_map: weightMap };
-      writeFileDurably(path.join(this.dir, INDEX_FILE), `${JSON.stringify(index, null, 2)}\n`);
-      names.push(INDEX_FILE);
-    }
-    return names;
+    return writeIndex(this.dir, this.plans);
   }
 
   abandon(): void {
     for (const w of this.writers) w.abandon();
   }
+}
+
+/**
+ * `model.safetensors.index.json` for sharded plans (nothing for one shard), keys sorted as UTF-8 bytes and
+ * written as own properties so a tensor named `__proto__` is listed too. Returns the files of the folder.
+ */
+export function writeIndex(dir: string, plans: readonly ShardPlan[]): string[] {
+  const names = plans.map((p) => p.file);
+  if (plans.length < 2) return names;
+  const entries: [string, string][] = [];
+  for (const p of plans) for (const t of p.tensors) entries.push([t.name, p.file]);
+  entries.sort((a, b) => Buffer.compare(Buffer.from(a[0]), Buffer.from(b[0])));
+  const weightMap: Record<string, string> = {};
+  for (const [k, v] of entries) Object.defineProperty(weightMap, k, { value: v, enumerable: true, writable: true, configurable: true });
+  const totalSize = plans.reduce((n, p) => n + p.dataSize, 0);
+  writeFileDurably(path.join(dir, INDEX_FILE), `${JSON.stringify({ metadata: { total_size: totalSize }, weight_map: weightMap }, null, 2)}\n`);
+  return [...names, INDEX_FILE];
 }
 
 /** Write a small file and sync it before returning. */

@@ -1,8 +1,7 @@
 import * as fs from "node:fs";
 import { OmniCkptError } from "../errors.js";
-import { type DType, itemSize, serializationRank } from "../tensor/dtype.js";
-import type { Tensor, TensorInfo } from "../tensor/tensor.js";
-import { numel } from "../tensor/tensor.js";
+import { serializationRank } from "../tensor/dtype.js";
+import { type Tensor, type TensorInfo, byteLength } from "../tensor/tensor.js";
 import { PREFIX_LENGTH } from "./header.js";
 import { describeIoError } from "./source.js";
 
@@ -34,7 +33,7 @@ export function encodeHeader(
   const offsets: number[] = [];
   let offset = 0;
   for (const t of tensors) {
-    const size = numel(t.shape) * itemSize(t.dtype);
+    const size = byteLength(t);
     offsets.push(offset);
     parts.push(
       `${JSON.stringify(t.name)}:{"dtype":${JSON.stringify(t.dtype)},"shape":[${t.shape.join(",")}],"data_offsets":[${offset},${offset + size}]}`,
@@ -260,8 +259,4 @@ export function serialize(tensors: Iterable<[string, Tensor]>, metadata: Readonl
   out.set(header.bytes);
   list.forEach((t, i) => out.set(t.data, header.bytes.byteLength + header.offsets[i]!));
   return out;
-}
-
-export function tensorBytes(t: { dtype: DType; shape: readonly number[] }): number {
-  return numel(t.shape) * itemSize(t.dtype);
 }

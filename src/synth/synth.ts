@@ -1,9 +1,10 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { UsageError } from "../errors.js";
-import { CONFIG_FILE, INDEX_FILE } from "../safetensors/checkpoint.js";
-import { DEFAULT_MAX_SHARD_SIZE, ShardedWriter, planShards, writeFileDurably } from "../safetensors/sharded-writer.js";
-import { encodeHeader, referenceOrder, tensorBytes } from "../safetensors/writer.js";
+import { CONFIG_FILE } from "../safetensors/checkpoint.js";
+import { DEFAULT_MAX_SHARD_SIZE, ShardedWriter, planShards, writeFileDurably, writeIndex } from "../safetensors/sharded-writer.js";
+import { encodeHeader, referenceOrder } from "../safetensors/writer.js";
+import { byteLength } from "../tensor/tensor.js";
 import { OutputFolder } from "../convert/output-folder.js";
 import type { DType } from "../tensor/dtype.js";
 import { PRESETS, type SynthPreset } from "./presets.js";
@@ -217,7 +218,7 @@ function tensorSeed(seed: number, name: string): number {
 /** Deterministic values: small finite floats of random sign and mantissa, so every bit pattern is used. */
 export function synthBytes(t: SynthTensor, seed: number): Uint8Array {
   const n = t.shape.reduce((a, b) => a * b, 1);
-  const bytes = new Uint8Array(new ArrayBuffer(tensorBytes(t)));
+  const bytes = new Uint8Array(new ArrayBuffer(byteLength(t)));
   let x = tensorSeed(seed, t.name);
   const next = (): number => {
     x ^= x << 13;
@@ -282,15 +283,7 @@ function writeSparse(dir: string, tensors: readonly SynthTensor[], maxShardSize:
       fs.closeSync(fd);
     }
   }
-  const files = plans.map((p) => p.file);
-  if (plans.length > 1) {
-    const weightMap: Record<string, string> = {};
-    for (const p of plans) for (const t of p.tensors) weightMap[t.name] = p.file;
-    const total = plans.reduce((n, p) => n + p.dataSize, 0);
-    writeFileDurably(path.join(dir, INDEX_FILE), `${JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2)}\n`);
-    files.push(INDEX_FILE);
-  }
-  return files;
+  return writeIndex(dir, plans);
 }
 
 /** Write a synthetic HF-layout checkpoint to `dir` (built in a temporary sibling, renamed when complete). */
@@ -320,7 +313,7 @@ export async function synthesize(dir: string, options: SynthOptions = {}): Promi
     );
     writeFileDurably(path.join(out.tmp, "generation_config.json"), `${JSON.stringify({ do_sample: false, max_new_tokens: 16 }, null, 2)}\n`);
     out.commit();
-    const bytes = ordered.reduce((n, t) => n + tensorBytes(t), 0);
+    const bytes = ordered.reduce((n, t) => n + byteLength(t), 0);
     return { dir, preset: preset.name, tensors: ordered.length, bytes, files: [...files, CONFIG_FILE, "tokenizer_config.json", "generation_config.json"] };
   } catch (e) {
     writer?.abandon();

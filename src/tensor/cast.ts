@@ -202,6 +202,16 @@ export function castInto(src: Uint8Array, from: DType, dst: Uint8Array, to: DTyp
   }
 }
 
+/** Float values as float64, exactly (every float dtype widens without loss); any alignment. */
+export function toFloat64(bytes: Uint8Array, dtype: DType): Float64Array {
+  const count = bytes.byteLength / itemSize(dtype);
+  const out = new Float64Array(count);
+  let src = bytes;
+  if (src.byteOffset % itemSize(dtype) !== 0) src = bytes.slice();
+  castInto(src, dtype, new Uint8Array(out.buffer), "F64", count);
+  return out;
+}
+
 /** Whether `castInto` can produce `to` from `from`. */
 export function canCast(from: DType, to: DType): boolean {
   return from === to || (isFloat(from) && (to === "F32" || to === "F16" || to === "BF16" || to === "F64"));

@@ -88,10 +88,6 @@ export function reshape(v: View, shape: readonly number[]): View {
   return contiguous(shape, v.offset);
 }
 
-export function elementCount(v: View): number {
-  return v.shape.reduce((a, b) => a * b, 1);
-}
-
 /** Smallest element range [start, end) that holds every element the view touches. */
 export function extent(v: View): { start: number; end: number } {
   if (v.shape.some((d) => d === 0)) return { start: v.offset, end: v.offset };

@@ -13,10 +13,9 @@ import {
   encodeHeader,
   referenceOrder,
   serialize,
-  tensorBytes,
 } from "../../src/safetensors/writer.js";
 import { DTYPES, type DType, itemSize } from "../../src/tensor/dtype.js";
-import type { Tensor } from "../../src/tensor/tensor.js";
+import { type Tensor, byteLength } from "../../src/tensor/tensor.js";
 import { randomBytes, seededRandom, shuffle } from "../helpers/random.js";
 
 const decoder = new TextDecoder();
@@ -110,7 +109,7 @@ describe("encodeHeader", () => {
       const [begin, end] = parsed[t.name]!.data_offsets;
       expect(begin).toBe(cursor);
       expect(h.offsets[i]).toBe(begin);
-      expect(end - begin).toBe(tensorBytes(t));
+      expect(end - begin).toBe(byteLength(t));
       cursor = end;
     });
     expect(h.dataSize).toBe(cursor);
