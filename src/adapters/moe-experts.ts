@@ -229,49 +229,57 @@ function buildGroup(group: LayerGroup, rules: ExpertRules, expected: number, dis
   if (ids.length !== expected) {
     throw new ConversionError(`${display(group.nativeKey)}: ${ids.length} of ${expected} experts present`);
   }
-  const what = `layer ${group.layer} ${group.which === "down" ? "down_proj" : "up_proj"} experts`;
+  const dtype = (t: PlannedTensor): DType => targetDType(t.dtype, rules.dtype);
+  const experts = ids.map((e) => group.experts.get(e)!);
   if (group.which === "down") {
-    const list = ids.map((e) => group.experts.get(e)!.down_proj!);
-    const first = requireUniform(list, what);
-    const [h, i] = first.shape as [number, number];
-    const out = contiguous([ids.length, i, h]);
-    const parts: Part[] = list.map((t, n) => ({ from: t, take: (v) => transpose(v, 0, 1), into: select(out, 0, n) }));
-    return assemble(group.nativeKey, targetDType(first.dtype, rules.dtype), out.shape, parts);
+    const list = experts.map((x) => x.down_proj!);
+    return stackTransposed(group.nativeKey, list, `layer ${group.layer} down_proj experts`, dtype);
   }
   if (!rules.gated) {
-    const list = ids.map((e) => group.experts.get(e)!.up_proj!);
-    const first = requireUniform(list, what);
-    const [i, h] = first.shape as [number, number];
-    const out = contiguous([ids.length, h, i]);
-    const parts: Part[] = list.map((t, n) => ({ from: t, take: (v) => transpose(v, 0, 1), into: select(out, 0, n) }));
-    return assemble(group.nativeKey, targetDType(first.dtype, rules.dtype), out.shape, parts);
+    const list = experts.map((x) => x.up_proj!);
+    return stackTransposed(group.nativeKey, list, `layer ${group.layer} up_proj experts`, dtype);
   }
-  // Gated: each expert's row is [gate_projᵀ | up_projᵀ] along the last axis.
-  const gates = ids.map((e) => group.experts.get(e)!.gate_proj!);
-  const ups = ids.map((e) => group.experts.get(e)!.up_proj!);
-  const first = requireUniform([...gates, ...ups], `layer ${group.layer} gate_proj/up_proj experts`);
-  const [i, h] = first.shape as [number, number];
-  const out = contiguous([ids.length, h, 2 * i]);
-  const parts: Part[] = [];
-  ids.forEach((_, n) => {
-    const row = select(out, 0, n);
-    parts.push({ from: gates[n]!, take: (v) => transpose(v, 0, 1), into: slice(row, 1, 0, i) });
-    parts.push({ from: ups[n]!, take: (v) => transpose(v, 0, 1), into: slice(row, 1, i, 2 * i) });
-  });
-  return assemble(group.nativeKey, targetDType(first.dtype, rules.dtype), out.shape, parts);
+  const gates = experts.map((x) => x.gate_proj!);
+  const ups = experts.map((x) => x.up_proj!);
+  return stackGated(group.nativeKey, gates, ups, `layer ${group.layer} gate_proj/up_proj experts`, dtype);
 }
 
-/** Stack `list[k]ᵀ` along a new first axis (no cast: LoRA tensors keep their dtype). */
-function stackTransposed(name: string, list: readonly PlannedTensor[], what: string): PlannedTensor {
+/** Stack `list[k]ᵀ` along a new first axis, in `dtype(first)` (LoRA tensors keep theirs). */
+function stackTransposed(
+  name: string,
+  list: readonly PlannedTensor[],
+  what: string,
+  dtype: (first: PlannedTensor) => DType = (t) => t.dtype,
+): PlannedTensor {
   const first = requireUniform(list, what);
   const [a, b] = first.shape as [number, number];
   const out = contiguous([list.length, b, a]);
   return assemble(
     name,
-    first.dtype,
+    dtype(first),
     out.shape,
     list.map((t, n) => ({ from: t, take: (v) => transpose(v, 0, 1), into: select(out, 0, n) })),
   );
+}
+
+/** Gated experts: row k is [gates[k]ᵀ | ups[k]ᵀ] along the last axis (weights and LoRA B alike). */
+function stackGated(
+  name: string,
+  gates: readonly PlannedTensor[],
+  ups: readonly PlannedTensor[],
+  what: string,
+  dtype: (first: PlannedTensor) => DType = (t) => t.dtype,
+): PlannedTensor {
+  const first = requireUniform([...gates, ...ups], what);
+  const [i, h] = first.shape as [number, number];
+  const out = contiguous([gates.length, h, 2 * i]);
+  const parts: Part[] = [];
+  gates.forEach((gate, n) => {
+    const row = select(out, 0, n);
+    parts.push({ from: gate, take: (v) => transpose(v, 0, 1), into: slice(row, 1, 0, i) });
+    parts.push({ from: ups[n]!, take: (v) => transpose(v, 0, 1), into: slice(row, 1, i, 2 * i) });
+  });
+  return assemble(name, dtype(first), out.shape, parts);
 }
 
 /**
@@ -349,18 +357,7 @@ export function recombineLoraExperts(dict: PlanDict, rules: ExpertRules, diags: 
       keepPerExpert(g);
       continue;
     }
-    const gates = sorted(g);
-    const ups = sorted(up);
-    const first = requireUniform([...gates, ...ups], what);
-    const [i, r] = first.shape as [number, number];
-    const out = contiguous([gates.length, r, 2 * i]);
-    const parts: Part[] = [];
-    gates.forEach((gt, n) => {
-      const row = select(out, 0, n);
-      parts.push({ from: gt, take: (v) => transpose(v, 0, 1), into: slice(row, 1, 0, i) });
-      parts.push({ from: ups[n]!, take: (v) => transpose(v, 0, 1), into: slice(row, 1, i, 2 * i) });
-    });
-    put(rest, name, assemble(name, first.dtype, out.shape, parts));
+    put(rest, name, stackGated(name, sorted(g), sorted(up), what));
   }
   return rest;
 }
