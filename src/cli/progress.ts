@@ -1,4 +1,5 @@
-import cliProgress from "cli-progress";
+import type cliProgress from "cli-progress";
+import { createRequire } from "node:module";
 import { formatBytes, formatCount } from "./format.js";
 
 /**
@@ -16,8 +17,10 @@ export class Progress {
     private readonly totalTensors?: number,
   ) {
     if (!enabled || !process.stderr.isTTY) return;
+    // Loaded only for a terminal: piped and scripted runs never pay for it.
+    const bars = createRequire(import.meta.url)("cli-progress") as typeof cliProgress;
     const tensors = totalTensors !== undefined ? " | {tensors} tensors" : "";
-    this.bar = new cliProgress.SingleBar(
+    this.bar = new bars.SingleBar(
       {
         format: `${label} [{bar}] {percentage}% | {done}/{size}${tensors} | {rate} | ETA {eta_formatted}`,
         stream: process.stderr,
@@ -27,7 +30,7 @@ export class Progress {
         etaBuffer: 20,
         fps: 8,
       },
-      cliProgress.Presets.shades_classic,
+      bars.Presets.shades_classic,
     );
     this.bar.start(Math.max(totalBytes, 1), 0, this.payload(0, 0));
   }

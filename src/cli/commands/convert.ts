@@ -1,6 +1,6 @@
 import type { Command } from "commander";
 import type { ExpertActivation } from "../../adapters/moe-experts.js";
-import { type ConvertSummary, convertCheckpoint } from "../../convert/convert.js";
+import type { ConvertSummary } from "../../convert/convert.js";
 import type { Layout } from "../../convert/layout.js";
 import { UsageError } from "../../errors.js";
 import { formatBytes, formatCount, formatRate, formatSeconds, parseSize } from "../format.js";
@@ -63,6 +63,8 @@ export function registerConvert(program: Command): void {
       if ((flags.epRank === undefined) !== (flags.epSize === undefined)) throw new UsageError("--ep-rank and --ep-size go together");
       const ep = flags.epRank !== undefined ? { rank: intFlag(flags.epRank, "--ep-rank"), size: intFlag(flags.epSize!, "--ep-size") } : undefined;
       const quiet = flags.quiet === true || flags.json === true;
+      // Loaded on use, so `--help` and the other commands do not pay for the converter's modules.
+      const { convertCheckpoint } = await import("../../convert/convert.js");
       let progress: Progress | undefined;
       const summary = await convertCheckpoint({
         src,

@@ -1,5 +1,4 @@
 import type { Command } from "commander";
-import { diffCheckpoints } from "../../convert/diff.js";
 import { EXIT_DIFFERENT } from "../../errors.js";
 import { formatCount, formatSeconds } from "../format.js";
 import { printJson, say } from "../output.js";
@@ -15,6 +14,7 @@ export function registerDiff(program: Command): void {
     .option("-q, --quiet", "print nothing; the exit code tells")
     .option("--follow-symlinks", "allow shards that are symlinks leading outside the folders")
     .action(async (a: string, b: string, flags: { json?: boolean; quiet?: boolean; followSymlinks?: boolean }) => {
+      const { diffCheckpoints } = await import("../../convert/diff.js");
       let progress: Progress | undefined;
       const report = await diffCheckpoints(a, b, {
         ...(flags.followSymlinks ? { followSymlinks: true } : {}),

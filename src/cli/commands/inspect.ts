@@ -1,5 +1,5 @@
 import type { Command } from "commander";
-import { type InspectReport, inspectCheckpoint } from "../../convert/inspect.js";
+import type { InspectReport } from "../../convert/inspect.js";
 import { layoutName } from "../../convert/layout.js";
 import { formatBytes, formatCount, table } from "../format.js";
 import { printJson, say } from "../output.js";
@@ -44,7 +44,8 @@ export function registerInspect(program: Command): void {
     .argument("<dir>", "checkpoint folder or .safetensors file")
     .option("--json", "print the report as JSON")
     .option("--follow-symlinks", "allow shards that are symlinks leading outside the folder")
-    .action((dir: string, flags: { json?: boolean; followSymlinks?: boolean }) => {
+    .action(async (dir: string, flags: { json?: boolean; followSymlinks?: boolean }) => {
+      const { inspectCheckpoint } = await import("../../convert/inspect.js");
       const report = inspectCheckpoint(dir, flags.followSymlinks ? { followSymlinks: true } : {});
       if (flags.json) printJson(report);
       else say(render(report));

@@ -1,5 +1,4 @@
 import type { Command } from "commander";
-import { verifyCheckpoint } from "../../convert/verify.js";
 import { EXIT_DIFFERENT } from "../../errors.js";
 import { formatBytes, formatCount, formatSeconds, table } from "../format.js";
 import { printJson, say } from "../output.js";
@@ -14,6 +13,7 @@ export function registerVerify(program: Command): void {
     .option("-q, --quiet", "print nothing; the exit code tells")
     .option("--follow-symlinks", "allow shards that are symlinks leading outside the folder")
     .action(async (dir: string, flags: { json?: boolean; quiet?: boolean; followSymlinks?: boolean }) => {
+      const { verifyCheckpoint } = await import("../../convert/verify.js");
       let progress: Progress | undefined;
       const report = await verifyCheckpoint(dir, {
         ...(flags.followSymlinks ? { followSymlinks: true } : {}),
