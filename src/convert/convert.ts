@@ -3,8 +3,7 @@ import * as path from "node:path";
 import type { Diagnostic } from "../adapters/plan.js";
 import { FormatError, InputError } from "../errors.js";
 import { CONFIG_FILE, Checkpoint } from "../safetensors/checkpoint.js";
-import { SafetensorsFile } from "../safetensors/file.js";
-import { DEFAULT_MAX_SHARD_SIZE, ShardedWriter, writeFileDurably } from "../safetensors/sharded-writer.js";
+import { DEFAULT_MAX_SHARD_SIZE, ShardedWriter, checkShardOnDisk, writeFileDurably } from "../safetensors/sharded-writer.js";
 import { WriteError } from "../safetensors/writer.js";
 import type { TensorInfo } from "../tensor/tensor.js";
 import { copyAuxFiles, listAuxFiles } from "./aux-files.js";
@@ -63,17 +62,6 @@ export function checkpointSource(ckpt: Checkpoint): TensorSource {
   };
 }
 
-/** Confirm a finished shard on disk: its size, and a fresh read and validation of its header. */
-function verifyShard(file: string, expectedSize: number): void {
-  const size = fs.statSync(file).size;
-  if (size !== expectedSize) throw new WriteError(`${file}: is ${size} bytes after writing, expected ${expectedSize}`);
-  try {
-    SafetensorsFile.open(file).close();
-  } catch (e) {
-    throw new WriteError(`${file}: does not read back as valid safetensors: ${(e as Error).message}`);
-  }
-}
-
 /**
  * Convert a checkpoint folder on disk, streaming tensor by tensor into a temporary sibling of DST that
  * is renamed into place only when complete and verified. SRC is only ever read.
@@ -110,7 +98,7 @@ export async function convertCheckpoint(req: ConvertRequest): Promise<ConvertSum
           req.onProgress?.(bytesDone, tensorsDone);
         },
       });
-      const files = await writer.finish(verifyShard);
+      const files = await writer.finish(checkShardOnDisk);
       if (plan.outputConfig) writeFileDurably(path.join(out.tmp, CONFIG_FILE), `${JSON.stringify(plan.outputConfig, null, 2)}\n`);
       const copied = copyAuxFiles(ckpt.dir, out.tmp, aux);
       if (!fs.existsSync(path.join(out.tmp, CONFIG_FILE))) throw new FormatError(configFile, "was not copied to the output");

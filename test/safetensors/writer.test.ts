@@ -5,7 +5,7 @@ import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { Checkpoint } from "../../src/safetensors/checkpoint.js";
 import { SafetensorsFile } from "../../src/safetensors/file.js";
 import { PREFIX_LENGTH } from "../../src/safetensors/header.js";
-import { ShardedWriter, planShards, shardFileName } from "../../src/safetensors/sharded-writer.js";
+import { ShardedWriter, checkShardOnDisk, planShards, shardFileName } from "../../src/safetensors/sharded-writer.js";
 import {
   type DeclaredTensor,
   SafetensorsFileWriter,
@@ -485,6 +485,35 @@ describe("writing to disk", () => {
     expect(ckpt.sharded).toBe(false);
     expect(ckpt.weightFiles).toEqual(new Set(["model.safetensors"]));
     ckpt.close();
+  });
+
+  it("checkShardOnDisk passes a shard as written and refuses one whose size or header changed on disk", async () => {
+    const random = seededRandom(4);
+    const tensors = sampleTensors(random);
+    const declared = referenceOrder([...tensors].map(([name, t]) => ({ name, dtype: t.dtype, shape: t.shape })));
+    const sw = new ShardedWriter(dir, declared);
+    for (const c of chunks(tensors, random)) await sw.write(c.name, c.offset, c.bytes);
+    const seen: [string, number, number][] = [];
+    await sw.finish((file, size, header) => {
+      checkShardOnDisk(file, size, header);
+      seen.push([path.basename(file), size, header.byteLength]);
+    });
+    const file = path.join(dir, "model.safetensors");
+    const { size } = fs.statSync(file);
+    const image = serialize(tensors);
+    const header = image.subarray(0, PREFIX_LENGTH + Number(new DataView(image.buffer, image.byteOffset).getBigUint64(0, true)));
+    expect(seen).toEqual([["model.safetensors", size, header.byteLength]]);
+    checkShardOnDisk(file, size, header);
+
+    // One byte of the header's JSON changed under us: same size, still valid JSON, not what was written.
+    const bytes = fs.readFileSync(file);
+    const at = bytes.indexOf("F32", PREFIX_LENGTH);
+    bytes[at + 2] = "6".charCodeAt(0);
+    fs.writeFileSync(file, bytes);
+    expect(() => checkShardOnDisk(file, size, header)).toThrow(`${file}: its header does not read back as written`);
+
+    fs.truncateSync(file, size - 1);
+    expect(() => checkShardOnDisk(file, size, header)).toThrow(`${file}: is ${size - 1} bytes after writing, expected ${size}`);
   });
 
   it("ShardedWriter.finish refuses when bytes are missing, and writes no index", async () => {
