@@ -80,8 +80,8 @@ function equalizeMemory(bytes: number): void {
  * kernel (DAMON) pages out memory, page cache included, that has not been touched for a second or so.
  */
 function settle(input: string): void {
-  equalizeMemory(dirBytes(input));
   spawnSync("sync");
+  equalizeMemory(dirBytes(input));
   warm(input);
 }
 
