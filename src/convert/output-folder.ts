@@ -1,4 +1,3 @@
-import * as crypto from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { InputError, UsageError } from "../errors.js";
@@ -55,6 +54,14 @@ function fsyncPath(p: string): void {
   } finally {
     fs.closeSync(fd);
   }
+}
+
+/**
+ * PID plus a random tag: unique enough beside a lock file, and a clash only fails `mkdir`. Not from
+ * node:crypto, whose OpenSSL start-up alone costs a conversion ~10 ms.
+ */
+function uniqueSuffix(): string {
+  return `${process.pid}-${Math.floor(Math.random() * 0x1_0000_0000).toString(16).padStart(8, "0")}`;
 }
 
 const active = new Set<OutputFolder>();
@@ -120,7 +127,7 @@ export class OutputFolder {
     }
     const lock = path.join(parent, `.${base}${LOCK_TAG}`);
     takeLock(lock, dst);
-    const tmp = path.join(parent, `.${base}${TMP_TAG}${process.pid}-${crypto.randomBytes(4).toString("hex")}`);
+    const tmp = path.join(parent, `.${base}${TMP_TAG}${uniqueSuffix()}`);
     const folder = new OutputFolder(target, tmp, lock, options.force ?? false, options.onNote);
     try {
       folder.removeLeftovers(parent, base);
@@ -169,7 +176,7 @@ export class OutputFolder {
         const st = fs.lstatSync(this.dst);
         if (st.isDirectory() && fs.readdirSync(this.dst).length === 0) fs.rmdirSync(this.dst);
         else if (this.force) {
-          old = path.join(parent, `.${path.basename(this.dst)}${OLD_TAG}${process.pid}-${crypto.randomBytes(4).toString("hex")}`);
+          old = path.join(parent, `.${path.basename(this.dst)}${OLD_TAG}${uniqueSuffix()}`);
           fs.renameSync(this.dst, old);
         } else throw new InputError(`${this.dst} appeared while converting; pass --force to replace it`);
       }
