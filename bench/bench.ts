@@ -13,7 +13,7 @@ import { synthesize } from "../src/synth/synth.js";
  * with its input freshly read into the page cache and no writeback pending.
  */
 
-const cli = path.join(path.dirname(fileURLToPath(import.meta.url)), "../src/cli/main.js");
+const cli = path.join(path.dirname(fileURLToPath(import.meta.url)), "../src/cli/bin.js");
 const rounds = Number(process.env["BENCH_ROUNDS"] ?? 5);
 const cacheRoot = path.join(os.tmpdir(), "omni-ckpt-bench");
 const work = path.join(cacheRoot, "work");

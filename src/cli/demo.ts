@@ -8,7 +8,7 @@ import { fileURLToPath } from "node:url";
  * `npm run demo`: the main job on a built-in example, through the real command line. Synthesize a small
  * but structurally complete Omni checkpoint, convert it HF → native → HF, and prove the round trip exact.
  */
-const cli = path.join(path.dirname(fileURLToPath(import.meta.url)), "main.js");
+const cli = path.join(path.dirname(fileURLToPath(import.meta.url)), "bin.js");
 const keep = process.argv.includes("--keep");
 const work = fs.mkdtempSync(path.join(os.tmpdir(), "omni-ckpt-demo-"));
 const at = (name: string): string => name;

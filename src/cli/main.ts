@@ -1,4 +1,3 @@
-#!/usr/bin/env node
 import * as fs from "node:fs";
 import { Command, CommanderError } from "commander";
 import { EXIT_INPUT, EXIT_INTERNAL, InputError, OmniCkptError } from "../errors.js";

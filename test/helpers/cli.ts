@@ -6,7 +6,7 @@ import * as path from "node:path";
 import { repoRoot } from "./fixtures.js";
 
 /** The built command-line tool (`npm test` builds first). */
-export const CLI = path.join(repoRoot, "dist/src/cli/main.js");
+export const CLI = path.join(repoRoot, "dist/src/cli/bin.js");
 
 export interface CliResult {
   readonly code: number | null;
