@@ -232,7 +232,7 @@ export async function streamTensors(
 ): Promise<void> {
   const pool = options.pool ?? new BufferPool();
   const maxWrites = options.maxPendingWrites ?? 3;
-  const scratch = new Scratch();
+  const scratch = new Scratch(pool);
 
   const prepare = async (chunk: Chunk): Promise<Prepared> => {
     const buf = pool.acquire(chunk.byteLength);
@@ -292,6 +292,7 @@ export async function streamTensors(
   } finally {
     // Never leave reads or writes running behind a failure: the caller is about to delete their files.
     await Promise.allSettled([...pending, ...(next ? [next] : [])]);
+    scratch.release();
   }
 }
 
@@ -300,7 +301,7 @@ export async function streamTensors(
  * ranges its pieces need, or viewing them in place when the source already holds them in memory. The
  * caller releases `data` to the pool when done with it.
  */
-export async function buildTensor(t: PlannedTensor, source: TensorSource, pool: BufferPool, scratch = new Scratch()): Promise<Tensor> {
+export async function buildTensor(t: PlannedTensor, source: TensorSource, pool: BufferPool, scratch: Scratch): Promise<Tensor> {
   const data = pool.acquire(byteLength(t));
   try {
     for (const p of t.pieces) {

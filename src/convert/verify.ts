@@ -73,8 +73,8 @@ export async function verifyCheckpoint(dir: string, options: VerifyOptions = {})
     const backward = planConversion({ headers: middleHeaders, where: `${dir} (converted in memory)` }, forward.outputConfig ?? raw, configFile, { to: probe });
 
     const disk = checkpointSource(ckpt);
-    const scratch = new Scratch();
     const pool = new BufferPool();
+    const scratch = new Scratch(pool);
     let held = new Map<string, Tensor>();
     const heldData = (name: string): Uint8Array => {
       const t = held.get(name);

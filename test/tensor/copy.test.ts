@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { f32BitsToBf16 } from "../../src/tensor/cast.js";
 import { copyView } from "../../src/tensor/copy.js";
+import { BufferPool } from "../../src/convert/buffer-pool.js";
 import { Scratch, transfer } from "../../src/tensor/transfer.js";
 import { type View, contiguous, permute, select, slice, transpose } from "../../src/tensor/view.js";
 import { type Random, seededRandom } from "../helpers/fixtures.js";
@@ -240,6 +241,41 @@ describe("transfer: copy with a cast on the way", () => {
     const dst = new Uint32Array(4);
     transfer(new Uint8Array(src.buffer), "F32", transpose(contiguous([2, 2]), 0, 1), new Uint8Array(dst.buffer), "F32", contiguous([2, 2]));
     expect([...dst]).toEqual([0x7f800001, 0xffc12345, 0x80000000, 0x3f800000]);
+  });
+});
+
+describe("transfer with pool-backed scratch", () => {
+  it("casts then transposes in the kernels' arena with the same bytes as plain memory, and gives the scratch back", () => {
+    const r = seededRandom(0xbf16);
+    const pool = new BufferPool();
+    const [experts, rows, cols] = [3, 40, 24];
+    const src = pool.acquire(experts * rows * cols * 2);
+    fill(src, 2, r);
+    const dstView = contiguous([experts, cols, rows]);
+    const srcView = transpose(contiguous([experts, rows, cols]), 1, 2);
+    const plain = new Uint8Array(experts * rows * cols * 4);
+    transfer(src, "BF16", srcView, plain, "F32", dstView, new Scratch());
+
+    const given: Uint8Array[] = [];
+    const taken: Uint8Array[] = [];
+    const scratch = new Scratch({
+      acquire: (n) => {
+        const b = pool.acquire(n);
+        given.push(b);
+        return b;
+      },
+      release: (b) => {
+        taken.push(b);
+        pool.release(b);
+      },
+    });
+    const pooled = pool.acquire(plain.byteLength);
+    transfer(src, "BF16", srcView, pooled, "F32", dstView, scratch);
+    expect(Buffer.from(pooled).equals(plain)).toBe(true);
+    expect(given.length).toBeGreaterThan(0);
+    expect(given.every((b) => b.buffer === src.buffer)).toBe(true);
+    scratch.release();
+    expect(taken).toEqual(given);
   });
 });
 
