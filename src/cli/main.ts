@@ -43,6 +43,13 @@ export async function main(argv: readonly string[]): Promise<number> {
   }
 }
 
+// A reader that stops early (`omni-ckpt diff A B | head`) closes the pipe: that ends our output, quietly.
+// Anything written after it, or a conversion still running, has no one to tell.
+process.stdout.on("error", (e: NodeJS.ErrnoException) => {
+  if (e.code === "EPIPE") process.exit(typeof process.exitCode === "number" ? process.exitCode : 0);
+  process.exit(report(e, process.argv.includes("--debug")));
+});
+
 main(process.argv.slice(2)).then(
   (code) => {
     process.exitCode = code;

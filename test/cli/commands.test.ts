@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SafetensorsFile } from "../../src/safetensors/file.js";
 import { serialize } from "../../src/safetensors/writer.js";
 import type { Tensor } from "../../src/tensor/tensor.js";
-import { runCli, snapshot, tempDir } from "../helpers/cli.js";
+import { runCli, snapshot, startCli, tempDir } from "../helpers/cli.js";
 
 const work = tempDir();
 const hf = path.join(work, "hf");
@@ -234,6 +234,25 @@ describe("convert: refusals leave everything as it was", () => {
     const r = runCli(["convert", "--to", "native", "--debug", "--ep-rank", "5", "--ep-size", "2", hf, path.join(work, "never")]);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/\n\s+at /);
+  });
+});
+
+describe("output into a pipe", () => {
+  /** Run with stdout's reading end closed at once, as `| head` does once it has its lines. */
+  async function closedPipe(args: string[]): Promise<{ code: number | null; stderr: string }> {
+    const child = startCli(args);
+    child.stdout.destroy();
+    let stderr = "";
+    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+    const code = await new Promise<number | null>((resolve) => child.on("close", (c) => resolve(c)));
+    return { code, stderr };
+  }
+
+  it("a reader that stops early ends the output quietly, with the command's own exit code", async () => {
+    const other = path.join(work, "hf-seed-9");
+    expect(runCli(["synth", other, "--preset", "tiny", "--seed", "9"]).code).toBe(0);
+    expect(await closedPipe(["inspect", hf])).toEqual({ code: 0, stderr: "" });
+    expect(await closedPipe(["diff", hf, other])).toEqual({ code: 3, stderr: "" });
   });
 });
 
