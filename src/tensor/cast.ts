@@ -1,4 +1,5 @@
 import { type DType, isFloat, itemSize } from "./dtype.js";
+import { inArena, widenBf16InArena } from "./wasm/kernels.js";
 
 /**
  * Float casts that match PyTorch bit for bit (SPEC §4). Narrowing rounds to nearest, ties to even, on the
@@ -123,7 +124,9 @@ function toF32Bits(src: Uint8Array, from: DType, out: Uint32Array, count: number
       return;
     case "BF16": {
       const s = u16(src, count);
-      for (let i = 0; i < count; i++) out[i] = s[i]! << 16;
+      // SIMD where both sides are in the kernels' arena: V8's loop manages ~1.8 ns an element.
+      const done = inArena(src.buffer) && inArena(out.buffer) ? widenBf16InArena(src.byteOffset, out.byteOffset, count) : 0;
+      for (let i = done; i < count; i++) out[i] = s[i]! << 16;
       return;
     }
     case "F16": {

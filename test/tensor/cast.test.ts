@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { canCast, castInto, f16BitsToF32, f32BitsToBf16, f32BitsToF16 } from "../../src/tensor/cast.js";
 import { DTYPES, type DType, isFloat } from "../../src/tensor/dtype.js";
+import { BufferPool } from "../../src/convert/buffer-pool.js";
 import { seededRandom } from "../helpers/fixtures.js";
 
 /*
@@ -164,6 +165,25 @@ describe("bf16 ↔ f32", () => {
       return Object.is(widened, value) && back[h] === h && f32BitsToBf16(wide[h]!) === h ? undefined : bad;
     });
     expect(problems).toEqual([]);
+  });
+
+  it("widens in the SIMD kernel (arena buffers) exactly as in JavaScript, tails and odd offsets included", () => {
+    const pool = new BufferPool();
+    const all = allPatterns(65536);
+    const want = new Uint32Array(65536);
+    for (let h = 0; h < 65536; h++) want[h] = h << 16;
+    // Counts that are and are not multiples of the 8-element vector, from offsets that are not 16-byte aligned.
+    for (const [start, count] of [[0, 65536], [3, 65533], [1, 7], [5, 17], [0, 0]] as const) {
+      const srcBlock = pool.acquire(2 * 65536 + 16);
+      const dstBlock = pool.acquire(4 * 65536 + 16);
+      const src = srcBlock.subarray(2, 2 + 2 * count);
+      src.set(new Uint8Array(all.buffer, all.byteOffset + 2 * start, 2 * count));
+      const dst = dstBlock.subarray(4, 4 + 4 * count);
+      castInto(src, "BF16", dst, "F32", count);
+      expect(Buffer.from(dst).equals(Buffer.from(want.buffer, 4 * start, 4 * count)), `${start}+${count}`).toBe(true);
+      pool.release(srcBlock);
+      pool.release(dstBlock);
+    }
   });
 });
 

@@ -1,13 +1,14 @@
-import { TRANSPOSE_WASM } from "./transpose.generated.js";
+import { KERNELS_WASM } from "./kernels.generated.js";
 
 /**
- * The SIMD transposes of transpose.wat. They work on the module's own memory, so buffers that are to be
+ * The SIMD kernels of kernels.wat: transposes and the bfloat16 widening. They work on the module's own memory, so buffers that are to be
  * transposed this way are carved out of it (see `kernelArena`); anything else takes the JavaScript path.
  */
 interface Exports {
   readonly memory: WebAssembly.Memory;
   transpose16(src: number, dst: number, rows: number, cols: number, ss: number, ds: number): void;
   transpose32(src: number, dst: number, rows: number, cols: number, ss: number, ds: number): void;
+  widen_bf16(src: number, dst: number, count: number): void;
 }
 
 let loaded: Exports | null | undefined;
@@ -15,7 +16,7 @@ let loaded: Exports | null | undefined;
 function load(): Exports | null {
   if (loaded !== undefined) return loaded;
   try {
-    loaded = new WebAssembly.Instance(new WebAssembly.Module(Buffer.from(TRANSPOSE_WASM, "base64"))).exports as unknown as Exports;
+    loaded = new WebAssembly.Instance(new WebAssembly.Module(Buffer.from(KERNELS_WASM, "base64"))).exports as unknown as Exports;
   } catch {
     // No WebAssembly SIMD here: every transpose takes the JavaScript path.
     loaded = null;
@@ -81,4 +82,14 @@ export function transposeInArena(
 
 export function inArena(buffer: ArrayBufferLike): boolean {
   return arenaBuffer !== undefined && buffer === arenaBuffer;
+}
+
+/**
+ * bfloat16 → float32 bit patterns for both buffers in the arena (byte addresses): the whole multiple of 8
+ * elements in SIMD; returns how many were done so the caller finishes the tail.
+ */
+export function widenBf16InArena(src: number, dst: number, count: number): number {
+  const whole = count - (count % 8);
+  if (whole > 0) load()!.widen_bf16(src, dst, whole);
+  return whole;
 }

@@ -1,5 +1,5 @@
-;; Transposes of 16- and 32-bit matrices with 128-bit SIMD shuffles. Hand-written: this is the kernel every
-;; expert merge and split spends its time in. Addresses are byte offsets into the exported memory; strides
+;; Transposes of 16- and 32-bit matrices with 128-bit SIMD shuffles, and the bfloat16 → float32 widening.
+;; Hand-written: the transposes are what every expert merge and split spends its time in. Addresses are byte offsets into the exported memory; strides
 ;; are in elements; rows and cols must be multiples of the block edge (8 for 16-bit, 4 for 32-bit).
 ;; dst[c * ds + r] = src[r * ss + c]
 (module
@@ -110,5 +110,20 @@
         (br $each_col_block)))
       (local.set $r (i32.add (local.get $r) (i32.const 4)))
       (br $each_row_block)))
+  )
+
+  ;; bfloat16 → float32 bit patterns, `count` (a multiple of 8) elements: each 16-bit word becomes the high
+  ;; half of a 32-bit word, which is the whole cast (every bfloat16 is a float32 with a shorter mantissa).
+  (func (export "widen_bf16") (param $src i32) (param $dst i32) (param $count i32)
+    (local $end i32) (local $v v128)
+    (local.set $end (i32.add (local.get $src) (i32.shl (local.get $count) (i32.const 1))))
+    (block $done (loop $each
+      (br_if $done (i32.ge_u (local.get $src) (local.get $end)))
+      (local.set $v (v128.load (local.get $src)))
+      (v128.store (local.get $dst) (i32x4.shl (i32x4.extend_low_i16x8_u (local.get $v)) (i32.const 16)))
+      (v128.store offset=16 (local.get $dst) (i32x4.shl (i32x4.extend_high_i16x8_u (local.get $v)) (i32.const 16)))
+      (local.set $src (i32.add (local.get $src) (i32.const 16)))
+      (local.set $dst (i32.add (local.get $dst) (i32.const 32)))
+      (br $each)))
   )
 )
