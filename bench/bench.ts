@@ -62,8 +62,10 @@ function warm(dir: string): void {
 
 /**
  * Give the kernel as much recently freed memory as a run will write, by writing and deleting a scratch
- * file of that size. On this VM, page cache that grows into memory the host has reclaimed costs ~6× the
- * system time of reusing freed pages; without this, whichever command runs after a deletion wins.
+ * file of that size. On a VM whose guest hands free memory back to the host (virtio-balloon free page
+ * reporting, as on the machine these numbers come from), page cache that grows into memory the host took
+ * back costs up to ~10× the system time of reusing freed pages (perf: the time sits in the kernel's copy
+ * into new page-cache pages). The host may take the scratch back too; this only evens the odds.
  */
 function equalizeMemory(bytes: number): void {
   const scratch = path.join(work, "scratch");
@@ -76,8 +78,8 @@ function equalizeMemory(bytes: number): void {
 
 /**
  * Start every timed command from the same state: earlier output flushed (so no run pays for the previous
- * one's writeback), freed memory to write into, and the input read just before, because this machine's
- * kernel (DAMON) pages out memory, page cache included, that has not been touched for a second or so.
+ * one's writeback), freed memory to write into, and the input read just before, because a VM's kernel
+ * (DAMON here) may page out memory, page cache included, that has not been touched for a while.
  */
 function settle(input: string): void {
   spawnSync("sync");
