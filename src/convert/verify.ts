@@ -144,20 +144,31 @@ export async function verifyCheckpoint(dir: string, options: VerifyOptions = {})
       options.onProgress?.(bytesDone, ++tensorsDone, bytesTotal, ckpt.tensors.size);
     }
 
-    for (const final of finals) {
-      const needed = new Set(final.pieces.map((p) => p.src));
-      const next = new Map<string, Tensor>();
-      for (const name of needed) next.set(name, held.get(name) ?? (await buildTensor(middle.get(name)!, disk, pool, scratch)));
-      for (const [name, t] of held) if (!next.has(name)) pool.release(t.data);
-      held = next;
-      const built = await buildTensor(final, intermediate, pool, scratch);
-      try {
-        await compareWithOriginal(final.name, built);
-      } finally {
-        pool.release(built.data);
+    // Every buffer goes back to the pool, on failure too: a library caller's process lives on.
+    try {
+      for (const final of finals) {
+        const needed = new Set(final.pieces.map((p) => p.src));
+        const next = new Map<string, Tensor>();
+        try {
+          for (const name of needed) next.set(name, held.get(name) ?? (await buildTensor(middle.get(name)!, disk, pool, scratch)));
+        } catch (e) {
+          for (const [name, t] of next) if (!held.has(name)) pool.release(t.data);
+          throw e;
+        }
+        for (const [name, t] of held) if (!next.has(name)) pool.release(t.data);
+        held = next;
+        const built = await buildTensor(final, intermediate, pool, scratch);
+        try {
+          await compareWithOriginal(final.name, built);
+        } finally {
+          pool.release(built.data);
+        }
       }
+    } finally {
+      for (const t of held.values()) pool.release(t.data);
+      held = new Map();
+      scratch.release();
     }
-    for (const t of held.values()) pool.release(t.data);
 
     const produced = new Set(backward.tensors.map((t) => t.name));
     for (const name of ckpt.tensors.keys()) {
