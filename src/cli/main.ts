@@ -43,8 +43,9 @@ export async function main(argv: readonly string[]): Promise<number> {
   }
 }
 
-// A reader that stops early (`omni-ckpt diff A B | head`) closes the pipe: that ends our output, quietly.
-// Anything written after it, or a conversion still running, has no one to tell.
+// A reader that stops early (`omni-ckpt diff A B | head`) closes the pipe. Nothing printed after that can
+// reach anyone, so the process ends quietly with the command's exit code (as on any exit, a conversion
+// still running is cleaned up).
 process.stdout.on("error", (e: NodeJS.ErrnoException) => {
   if (e.code === "EPIPE") process.exit(typeof process.exitCode === "number" ? process.exitCode : 0);
   process.exit(report(e, process.argv.includes("--debug")));

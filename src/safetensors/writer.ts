@@ -201,7 +201,7 @@ export class SafetensorsFileWriter {
         };
         step(0);
       });
-    this.handle();
+    this.handle(); // A write after close fails now, not when its turn comes.
     const result = this.lastWrite.then(run, run);
     this.lastWrite = result.catch(() => undefined);
     return result;
