@@ -3,7 +3,7 @@ import { InputError } from "../errors.js";
 import { Checkpoint, type StoredTensor } from "../safetensors/checkpoint.js";
 import { toFloat64 } from "../tensor/cast.js";
 import { type DType, isFloat, itemSize } from "../tensor/dtype.js";
-import { formatShape, sameShape } from "../tensor/tensor.js";
+import { formatShape, numel, sameShape } from "../tensor/tensor.js";
 import { detectLayout, layoutName } from "./layout.js";
 
 export type DifferenceKind = "only-a" | "only-b" | "dtype" | "shape" | "content";
@@ -127,9 +127,16 @@ async function* pairedChunks(pairs: readonly Pair[]): AsyncGenerator<PairChunk> 
     const slot = slots[k++ % 2]!;
     const a = slot.a.subarray(0, job.len);
     const b = slot.b.subarray(0, job.len);
-    const done = Promise.all([job.pair.a.file.readRange(job.pair.a.entry, job.at, a), job.pair.b.file.readRange(job.pair.b.entry, job.at, b)]);
+    // Both reads end before a failure is reported: the caller closes the files next.
+    const done = Promise.allSettled([
+      job.pair.a.file.readRange(job.pair.a.entry, job.at, a),
+      job.pair.b.file.readRange(job.pair.b.entry, job.at, b),
+    ]).then((results) => {
+      for (const r of results) if (r.status === "rejected") throw r.reason;
+      return { pair: job.pair, a, b, last: job.last };
+    });
     done.catch(() => undefined);
-    return done.then(() => ({ pair: job.pair, a, b, last: job.last }));
+    return done;
   };
   const it = jobs();
   let next = it.next();
@@ -194,7 +201,7 @@ export async function diffCheckpoints(pathA: string, pathB: string, options: Dif
         differences.push({
           name,
           kind: "content",
-          detail: `${delta.count} of ${ta.shape.reduce((x, y) => x * y, 1)} elements differ, max |a - b| = ${delta.max}`,
+          detail: `${delta.count} of ${numel(ta.shape)} elements differ, max |a - b| = ${delta.max}`,
           maxAbsDiff: delta.max,
           differingElements: delta.count,
         });

@@ -24,10 +24,6 @@ export interface TensorSink {
 }
 
 export interface StreamOptions {
-  /** Target bytes per chunk; bounds memory to a few chunks plus the largest unsplittable piece. */
-  readonly chunkBytes?: number;
-  /** Chunk writes allowed in flight while the next chunk is read and transformed. */
-  readonly maxPendingWrites?: number;
   readonly pool?: BufferPool;
   /** After each chunk is written: its bytes, and how many tensors it completed. */
   readonly onProgress?: (bytes: number, tensorsCompleted: number) => void;
@@ -39,7 +35,10 @@ export interface StreamOptions {
  * the bench checkpoint: 1 MB chunks cut user CPU by ~0.15 s against 4 MB (whose transposes ran from L3 at
  * 3–4 GB/s instead of 9), 512 KB chunks were slower again, and 4 MB beat 16 MB.
  */
-export const DEFAULT_CHUNK_BYTES = 1024 * 1024;
+const CHUNK_BYTES = 1024 * 1024;
+
+/** Chunk writes allowed in flight while the next chunk is read and transformed. */
+const MAX_PENDING_WRITES = 3;
 
 interface PieceTask {
   readonly src: string;
@@ -56,7 +55,7 @@ interface PieceTask {
   readonly directAt?: number;
 }
 
-export interface Chunk {
+interface Chunk {
   /** The output tensor the chunk starts in, and where in it; the chunk may run on into following tensors. */
   readonly tensor: string;
   readonly byteStart: number;
@@ -102,14 +101,14 @@ function segments(t: PlannedTensor, maxElements: number): Segment[] {
   return out.sort((a, b) => a.dstStart - b.dstStart || a.dstEnd - b.dstEnd);
 }
 
-function pieceTask(s: Segment, source: TensorSource, regionStart: number, dstDType: DType, dstBase: number): PieceTask {
+function pieceTask(s: Segment, source: TensorSource, regionStart: number, dstDType: DType): PieceTask {
   const srcDType = source.info(s.src).dtype;
   const inItem = itemSize(srcDType);
   const { start, end } = extent(s.srcView);
   const srcView = rebase(s.srcView, start);
   const dstView = rebase(s.dstView, regionStart);
-  const task = { src: s.src, srcDType, srcByteStart: start * inItem, srcByteLength: (end - start) * inItem, srcView, dstDType, dstBase, dstView };
-  return isRun(srcView, dstView) && srcDType === dstDType ? { ...task, directAt: dstBase + dstView.offset * inItem } : task;
+  const task = { src: s.src, srcDType, srcByteStart: start * inItem, srcByteLength: (end - start) * inItem, srcView, dstDType, dstBase: 0, dstView };
+  return isRun(srcView, dstView) && srcDType === dstDType ? { ...task, directAt: dstView.offset * inItem } : task;
 }
 
 /**
@@ -117,7 +116,7 @@ function pieceTask(s: Segment, source: TensorSource, regionStart: number, dstDTy
  * A cut is only made where no earlier piece reaches past it, so interleaved pieces (a gated row) stay
  * together.
  */
-export function chunkTensor(t: PlannedTensor, source: TensorSource, chunkBytes = DEFAULT_CHUNK_BYTES): Chunk[] {
+function chunkTensor(t: PlannedTensor, source: TensorSource, chunkBytes: number): Chunk[] {
   const outItem = itemSize(t.dtype);
   const segs = segments(t, chunkBytes / Math.max(outItem, 8));
   const chunks: Chunk[] = [];
@@ -126,7 +125,7 @@ export function chunkTensor(t: PlannedTensor, source: TensorSource, chunkBytes =
   let end = 0;
   const flush = (last: boolean): void => {
     if (group.length === 0) return;
-    const pieces = group.map((s) => pieceTask(s, source, start, t.dtype, 0));
+    const pieces = group.map((s) => pieceTask(s, source, start, t.dtype));
     chunks.push({ tensor: t.name, byteStart: start * outItem, byteLength: (end - start) * outItem, pieces, tensorsCompleted: last ? 1 : 0 });
     group = [];
   };
@@ -150,12 +149,7 @@ export function chunkTensor(t: PlannedTensor, source: TensorSource, chunkBytes =
  * file are packed into one chunk, so a shard of thousands of per-expert matrices is written in large
  * writes rather than one per tensor.
  */
-export function* planChunks(
-  tensors: readonly PlannedTensor[],
-  source: TensorSource,
-  sink: TensorSink,
-  chunkBytes = DEFAULT_CHUNK_BYTES,
-): Generator<Chunk> {
+function* planChunks(tensors: readonly PlannedTensor[], source: TensorSource, sink: TensorSink, chunkBytes: number): Generator<Chunk> {
   let packed: { tensor: string; last: string; byteLength: number; pieces: PieceTask[]; tensors: number } | undefined;
   const flush = function* (): Generator<Chunk> {
     if (packed) yield { tensor: packed.tensor, byteStart: 0, byteLength: packed.byteLength, pieces: packed.pieces, tensorsCompleted: packed.tensors };
@@ -232,37 +226,43 @@ export async function streamTensors(
   options: StreamOptions = {},
 ): Promise<void> {
   const pool = options.pool ?? new BufferPool();
-  const maxWrites = options.maxPendingWrites ?? 3;
   const scratch = new Scratch(pool);
+  const release = (bufs: readonly Uint8Array[]): void => {
+    for (const b of bufs) pool.release(b);
+  };
 
   const prepare = async (chunk: Chunk): Promise<Prepared> => {
     const buf = pool.acquire(chunk.byteLength);
     const regions: (Uint8Array | undefined)[] = chunk.pieces.map(() => undefined);
     const held: Uint8Array[] = [];
     const reads: Promise<void>[] = [];
-    for (const run of readRuns(chunk)) {
-      const region = pool.acquire(run.end - run.start);
-      held.push(region);
-      for (const i of run.pieces) {
-        const p = chunk.pieces[i]!;
-        regions[i] = region.subarray(p.srcByteStart - run.start, p.srcByteStart - run.start + p.srcByteLength);
-      }
-      reads.push(source.read(run.src, run.start, region));
-    }
-    for (const p of chunk.pieces) {
-      if (p.directAt !== undefined) reads.push(source.read(p.src, p.srcByteStart, buf.subarray(p.directAt, p.directAt + p.srcByteLength)));
-    }
+    let failure: { reason: unknown } | undefined;
     try {
-      await Promise.all(reads);
-    } catch (e) {
-      pool.release(buf);
-      for (const r of held) pool.release(r);
-      throw e;
+      for (const run of readRuns(chunk)) {
+        const region = pool.acquire(run.end - run.start);
+        held.push(region);
+        for (const i of run.pieces) {
+          const p = chunk.pieces[i]!;
+          regions[i] = region.subarray(p.srcByteStart - run.start, p.srcByteStart - run.start + p.srcByteLength);
+        }
+        reads.push(source.read(run.src, run.start, region));
+      }
+      for (const p of chunk.pieces) {
+        if (p.directAt !== undefined) reads.push(source.read(p.src, p.srcByteStart, buf.subarray(p.directAt, p.directAt + p.srcByteLength)));
+      }
+    } catch (reason) {
+      failure = { reason };
+    }
+    // Memory goes back to the pool, and the caller may close the files, only once no read is using them.
+    for (const r of await Promise.allSettled(reads)) if (r.status === "rejected") failure ??= { reason: r.reason };
+    if (failure) {
+      release([buf, ...held]);
+      throw failure.reason;
     }
     return { chunk, buf, regions, held };
   };
 
-  const iterator = planChunks(tensors, source, sink, options.chunkBytes ?? DEFAULT_CHUNK_BYTES);
+  const iterator = planChunks(tensors, source, sink, CHUNK_BYTES);
   const pending: Promise<void>[] = [];
   let next: Promise<Prepared> | undefined;
   const startNext = (): void => {
@@ -273,26 +273,33 @@ export async function streamTensors(
   try {
     startNext();
     while (next) {
-      const ready = await next;
+      const { chunk, buf, regions, held } = await next;
       startNext();
-      const { chunk, buf, regions, held } = ready;
-      chunk.pieces.forEach((p, i) => {
-        const region = regions[i];
-        if (region) transfer(region, p.srcDType, p.srcView, p.dstBase === 0 ? buf : buf.subarray(p.dstBase), p.dstDType, p.dstView, scratch);
-      });
-      for (const r of held) pool.release(r);
-      const w = sink.write(chunk.tensor, chunk.byteStart, buf).then(() => {
+      let written: Promise<void>;
+      try {
+        chunk.pieces.forEach((p, i) => {
+          const region = regions[i];
+          if (region) transfer(region, p.srcDType, p.srcView, p.dstBase === 0 ? buf : buf.subarray(p.dstBase), p.dstDType, p.dstView, scratch);
+        });
+        written = sink.write(chunk.tensor, chunk.byteStart, buf);
+      } catch (e) {
         pool.release(buf);
-        options.onProgress?.(chunk.byteLength, chunk.tensorsCompleted);
-      });
+        throw e;
+      } finally {
+        release(held);
+      }
+      const w = written.finally(() => pool.release(buf)).then(() => options.onProgress?.(chunk.byteLength, chunk.tensorsCompleted));
       w.catch(() => undefined);
       pending.push(w);
-      while (pending.length > maxWrites) await pending.shift();
+      while (pending.length > MAX_PENDING_WRITES) await pending.shift();
     }
     await Promise.all(pending);
   } finally {
-    // Never leave reads or writes running behind a failure: the caller is about to delete their files.
-    await Promise.allSettled([...pending, ...(next ? [next] : [])]);
+    // Never leave reads or writes running behind a failure (the caller is about to delete their files and
+    // close the sources), and give back what a chunk read ahead was holding.
+    await Promise.allSettled(pending);
+    const ahead = await next?.catch(() => undefined);
+    if (ahead) release([ahead.buf, ...ahead.held]);
     scratch.release();
   }
 }

@@ -1,11 +1,10 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { BufferPool } from "../../src/convert/buffer-pool.js";
 import { verifyCheckpoint } from "../../src/convert/verify.js";
 import { FormatError } from "../../src/errors.js";
 import { synthesize } from "../../src/synth/synth.js";
-import { inArena, kernelArena } from "../../src/tensor/wasm/kernels.js";
+import { arenaAllFree } from "../helpers/arena.js";
 import { tempDir } from "../helpers/cli.js";
 
 const work = tempDir();
@@ -14,17 +13,6 @@ afterAll(() => fs.rmSync(work, { recursive: true, force: true }));
 beforeAll(async () => {
   await synthesize(hf, { preset: "tiny" });
 });
-
-/** Whether the whole kernels' arena is free again: only then does one buffer of its full size fit in it. */
-function arenaAllFree(): boolean {
-  const size = kernelArena(0)?.byteLength;
-  if (size === undefined) return true;
-  const pool = new BufferPool();
-  const whole = pool.acquire(size);
-  const fits = inArena(whole.buffer);
-  pool.release(whole);
-  return fits;
-}
 
 describe("verifyCheckpoint", () => {
   it("proves a round trip exact, component by component, and gives back every buffer", async () => {
