@@ -431,19 +431,16 @@ export function splitExpertTensor(
   if (fqn.includes(`.${SEGMENT}.gate_and_up_projs`) && fqn.endsWith(".gate_and_up_projs")) {
     const layer = layerOf();
     const experts = perExpert(fqn, t, rules);
+    const halves = rules.gated ? gatedHalves(t, rules) : undefined;
     const out: PlannedTensor[] = [];
     const key = (e: number, proj: string): string => `${options.prefix}layers.${layer}.${SEGMENT}.${e}.${proj}.weight`;
     experts.forEach((w, e) => {
-      if (!rules.gated) {
+      if (!halves) {
         out.push(viewOf(t, key(e, "up_proj"), (v) => transpose(w(v), 0, 1)));
         return;
       }
-      const width = t.shape[2]!;
-      if (width !== 2 * rules.interDim) {
-        throw new ConversionError(`${JSON.stringify(t.pieces[0]?.src)}: gated experts need 2 × moe_intermediate_size = ${2 * rules.interDim} columns, found ${width}`);
-      }
-      out.push(viewOf(t, key(e, "gate_proj"), (v) => transpose(slice(w(v), 1, 0, rules.interDim), 0, 1)));
-      out.push(viewOf(t, key(e, "up_proj"), (v) => transpose(slice(w(v), 1, rules.interDim, width), 0, 1)));
+      out.push(viewOf(t, key(e, "gate_proj"), (v) => halves.gate(w(v))));
+      out.push(viewOf(t, key(e, "up_proj"), (v) => halves.up(w(v))));
     });
     return out;
   }
@@ -505,6 +502,21 @@ function loraToParamWrapper(fqn: string, t: PlannedTensor, suffix: (typeof LORA_
   }
 }
 
+/**
+ * The gate and up halves of a gated grouped tensor's per-expert matrices (2 × moe_intermediate_size columns,
+ * gate first), each transposed to HF's order. Any other width is refused: sliced, it would cut a wrong half.
+ */
+function gatedHalves(t: PlannedTensor, rules: ExpertRules): { gate: (w: View) => View; up: (w: View) => View } {
+  const width = t.shape[2]!;
+  if (width !== 2 * rules.interDim) {
+    throw new ConversionError(`${JSON.stringify(t.pieces[0]?.src)}: gated experts need 2 × moe_intermediate_size = ${2 * rules.interDim} columns, found ${width}`);
+  }
+  return {
+    gate: (w) => transpose(slice(w, 1, 0, rules.interDim), 0, 1),
+    up: (w) => transpose(slice(w, 1, rules.interDim, width), 0, 1),
+  };
+}
+
 function loraToPerExpert(
   fqn: string,
   t: PlannedTensor,
@@ -514,6 +526,7 @@ function loraToPerExpert(
   const m = /^(.*)layers\.(\d+)\./.exec(fqn);
   if (!m) return undefined;
   const experts = perExpert(fqn, t, rules);
+  const halves = rules.gated && suffix === "lora_gate_and_up_B" ? gatedHalves(t, rules) : undefined;
   const out: PlannedTensor[] = [];
   const key = (e: number, proj: string, lora: string): string => `${m[1]}layers.${m[2]}.${SEGMENT}.${e}.${proj}.${lora}.weight`;
   experts.forEach((w, e) => {
@@ -524,10 +537,9 @@ function loraToPerExpert(
         out.push(viewOf(t, key(e, "up_proj", "lora_A"), whole));
         break;
       case "lora_gate_and_up_B":
-        if (rules.gated) {
-          const width = t.shape[2]!;
-          out.push(viewOf(t, key(e, "gate_proj", "lora_B"), (v) => transpose(slice(w(v), 1, 0, rules.interDim), 0, 1)));
-          out.push(viewOf(t, key(e, "up_proj", "lora_B"), (v) => transpose(slice(w(v), 1, rules.interDim, width), 0, 1)));
+        if (halves) {
+          out.push(viewOf(t, key(e, "gate_proj", "lora_B"), (v) => halves.gate(w(v))));
+          out.push(viewOf(t, key(e, "up_proj", "lora_B"), (v) => halves.up(w(v))));
         } else out.push(viewOf(t, key(e, "up_proj", "lora_B"), whole));
         break;
       case "lora_down_A":

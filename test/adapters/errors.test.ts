@@ -283,6 +283,16 @@ describe("grouped tensors that cannot be split (native → HF)", () => {
       ConversionError,
       exactly(`"${NATIVE_EXPERTS}.gate_and_up_projs": gated experts need 2 × moe_intermediate_size = 4 columns, found 3`),
     );
+    // Its LoRA B, split per expert for PEFT v4, is cut into the same halves and refused the same way.
+    thrown(
+      () =>
+        new NemotronOmniStateDictAdapter(config(3), { expertActivation: "swiglu" }).toHf(
+          new Map([[`${NATIVE_EXPERTS}.lora_gate_and_up_B`, randomTensor("BF16", [3, 2, 3], seededRandom(25))]]),
+          { v4Compatible: true },
+        ),
+      ConversionError,
+      exactly(`"${NATIVE_EXPERTS}.lora_gate_and_up_B": gated experts need 2 × moe_intermediate_size = 4 columns, found 3`),
+    );
   });
 });
 
