@@ -195,21 +195,24 @@ export function writeFileDurably(file: string, content: string | Uint8Array): vo
  * bytes shows.
  */
 export function checkShardOnDisk(file: string, expectedSize: number, header: Uint8Array): void {
-  const size = fs.statSync(file).size;
-  if (size !== expectedSize) throw new WriteError(`${file}: is ${size} bytes after writing, expected ${expectedSize}`);
+  let size: number;
   const back = Buffer.alloc(header.byteLength);
-  const fd = fs.openSync(file, "r");
   try {
-    let done = 0;
-    while (done < back.byteLength) {
-      const n = fs.readSync(fd, back, done, back.byteLength - done, done);
-      if (n === 0) break;
-      done += n;
+    const fd = fs.openSync(file, "r");
+    try {
+      size = fs.fstatSync(fd).size;
+      let done = 0;
+      while (done < back.byteLength) {
+        const n = fs.readSync(fd, back, done, back.byteLength - done, done);
+        if (n === 0) break;
+        done += n;
+      }
+    } finally {
+      fs.closeSync(fd);
     }
-  } finally {
-    fs.closeSync(fd);
+  } catch (e) {
+    throw new WriteError(`${file}: cannot be read back after writing: ${describeIoError(e)}`);
   }
-  if (!back.equals(header)) {
-    throw new WriteError(`${file}: its header does not read back as written`);
-  }
+  if (size !== expectedSize) throw new WriteError(`${file}: is ${size} bytes after writing, expected ${expectedSize}`);
+  if (!back.equals(header)) throw new WriteError(`${file}: its header does not read back as written`);
 }

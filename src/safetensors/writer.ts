@@ -88,7 +88,12 @@ export class SafetensorsFileWriter {
     } catch (e) {
       throw new WriteError(`${path}: cannot create: ${describeIoError(e)}`);
     }
-    this.writeFully(this.header.bytes, 0);
+    try {
+      this.writeFully(this.header.bytes, 0);
+    } catch (e) {
+      this.abandon();
+      throw e;
+    }
   }
 
   get dataStart(): number {
@@ -216,7 +221,7 @@ export class SafetensorsFileWriter {
     }
     const fd = this.handle();
     this.fd = undefined;
-    return (this.earlySync ?? Promise.resolve()).then(
+    return this.idle().then(
       () =>
         new Promise((resolve, reject) => {
           fs.fdatasync(fd, (err) => {
@@ -242,9 +247,14 @@ export class SafetensorsFileWriter {
         // Already failing: the original error is the one to report.
       }
     };
-    // Never close a descriptor an early sync is still using: the number could be reused meanwhile.
-    if (this.earlySync) void this.earlySync.then(close);
-    else close();
+    // Never close a descriptor a write or an early sync is still using: the number could be reused meanwhile.
+    void this.idle().then(close);
+  }
+
+  /** Settles once no queued write and no early sync uses the descriptor (neither ever rejects). */
+  private idle(): Promise<void> {
+    // Last write first: its completion may be what starts an early sync.
+    return this.lastWrite.then(() => this.earlySync);
   }
 }
 

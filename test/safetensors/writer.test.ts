@@ -514,6 +514,9 @@ describe("writing to disk", () => {
 
     fs.truncateSync(file, size - 1);
     expect(() => checkShardOnDisk(file, size, header)).toThrow(`${file}: is ${size - 1} bytes after writing, expected ${size}`);
+
+    fs.rmSync(file);
+    expect(() => checkShardOnDisk(file, size, header)).toThrow(new WriteError(`${file}: cannot be read back after writing: no such file (ENOENT)`));
   });
 
   it("ShardedWriter.finish refuses when bytes are missing, and writes no index", async () => {
