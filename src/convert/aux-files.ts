@@ -4,6 +4,7 @@ import { FormatError } from "../errors.js";
 import { CONFIG_FILE, requireInside } from "../safetensors/checkpoint.js";
 import { describeIoError, fileKind } from "../safetensors/source.js";
 import { WriteError } from "../safetensors/writer.js";
+import { fsyncPath } from "./output-folder.js";
 
 export interface AuxFiles {
   /** Folder-relative paths, parents before children: folders to create and files to copy. */
@@ -29,8 +30,17 @@ export function listAuxFiles(
   const skipped: string[] = [];
   const visited = new Set<string>([fs.realpathSync(srcDir)]);
 
+  // An unreadable folder or entry is a problem of the input, told as such, not an internal error.
+  const readable = <T>(p: string, f: () => T): T => {
+    try {
+      return f();
+    } catch (e) {
+      throw new FormatError(p, `cannot be read: ${describeIoError(e)}`);
+    }
+  };
   const walk = (rel: string): void => {
-    for (const name of fs.readdirSync(path.join(srcDir, rel)).sort()) {
+    const dir = path.join(srcDir, rel);
+    for (const name of readable(dir, () => fs.readdirSync(dir)).sort()) {
       const relPath = rel ? path.join(rel, name) : name;
       if (weightFiles.has(relPath)) continue;
       if (options.skipConfig && relPath === CONFIG_FILE) continue;
@@ -39,7 +49,7 @@ export function listAuxFiles(
         continue;
       }
       const full = path.join(srcDir, relPath);
-      let st = fs.lstatSync(full);
+      let st = readable(full, () => fs.lstatSync(full));
       if (st.isSymbolicLink()) {
         let real: string;
         try {
@@ -48,7 +58,7 @@ export function listAuxFiles(
           throw new FormatError(full, `is a broken symlink: ${describeIoError(e)}`);
         }
         requireInside(srcDir, full, options, real);
-        st = fs.statSync(full);
+        st = readable(full, () => fs.statSync(full));
         if (st.isDirectory()) {
           if (visited.has(real)) continue;
           visited.add(real);
@@ -70,19 +80,14 @@ export function copyAuxFiles(srcDir: string, dstDir: string, aux: AuxFiles): str
   const copied: string[] = [];
   for (const e of aux.entries) {
     const to = path.join(dstDir, e.rel);
-    if (e.dir) {
-      fs.mkdirSync(to);
-      continue;
-    }
     const from = path.join(srcDir, e.rel);
     try {
-      fs.copyFileSync(from, to, fs.constants.COPYFILE_EXCL);
-      const fd = fs.openSync(to, "r");
-      try {
-        fs.fsyncSync(fd);
-      } finally {
-        fs.closeSync(fd);
+      if (e.dir) {
+        fs.mkdirSync(to);
+        continue;
       }
+      fs.copyFileSync(from, to, fs.constants.COPYFILE_EXCL);
+      fsyncPath(to);
     } catch (e) {
       throw new WriteError(`${to}: copy from ${from} failed: ${describeIoError(e)}`);
     }

@@ -1,13 +1,11 @@
-import * as fs from "node:fs";
 import * as path from "node:path";
 import type { Diagnostic } from "../adapters/plan.js";
-import { FormatError, InputError } from "../errors.js";
+import { InputError, UsageError } from "../errors.js";
 import { CONFIG_FILE, Checkpoint } from "../safetensors/checkpoint.js";
 import { DEFAULT_MAX_SHARD_SIZE, ShardedWriter, checkShardOnDisk, writeFileDurably } from "../safetensors/sharded-writer.js";
 import { WriteError } from "../safetensors/writer.js";
 import type { TensorInfo } from "../tensor/tensor.js";
 import { copyAuxFiles, listAuxFiles } from "./aux-files.js";
-import { BufferPool } from "./buffer-pool.js";
 import type { Layout } from "./layout.js";
 import { OutputFolder } from "./output-folder.js";
 import { type ConversionPlan, type ConvertOptions, planConversion, planInput } from "./planner.js";
@@ -68,6 +66,10 @@ export function checkpointSource(ckpt: Checkpoint): TensorSource {
  */
 export async function convertCheckpoint(req: ConvertRequest): Promise<ConvertSummary> {
   const started = performance.now();
+  // Before the destination is touched, like every other refusal of the request itself.
+  if (req.maxShardSize !== undefined && !(Number.isSafeInteger(req.maxShardSize) && req.maxShardSize > 0)) {
+    throw new UsageError(`the largest shard must be a positive whole number of bytes, got ${req.maxShardSize}`);
+  }
   const ckpt = Checkpoint.open(req.src, req.followSymlinks ? { followSymlinks: true } : {});
   try {
     if (ckpt.dir === undefined) throw new InputError(`${req.src}: convert needs a checkpoint folder (with config.json), not a single file`);
@@ -87,11 +89,9 @@ export async function convertCheckpoint(req: ConvertRequest): Promise<ConvertSum
     let writer: ShardedWriter | undefined;
     try {
       writer = new ShardedWriter(out.tmp, plan.tensors, req.maxShardSize ?? DEFAULT_MAX_SHARD_SIZE);
-      const sink = writer;
       let bytesDone = 0;
       let tensorsDone = 0;
-      await streamTensors(plan.tensors, checkpointSource(ckpt), withInjectedFaults(sink), {
-        pool: new BufferPool(),
+      await streamTensors(plan.tensors, checkpointSource(ckpt), withInjectedFaults(writer), {
         onProgress: (bytes, completed) => {
           bytesDone += bytes;
           tensorsDone += completed;
@@ -101,7 +101,6 @@ export async function convertCheckpoint(req: ConvertRequest): Promise<ConvertSum
       const files = await writer.finish(checkShardOnDisk);
       if (plan.outputConfig) writeFileDurably(path.join(out.tmp, CONFIG_FILE), `${JSON.stringify(plan.outputConfig, null, 2)}\n`);
       const copied = copyAuxFiles(ckpt.dir, out.tmp, aux);
-      if (!fs.existsSync(path.join(out.tmp, CONFIG_FILE))) throw new FormatError(configFile, "was not copied to the output");
       out.commit();
       return {
         src: req.src,

@@ -47,7 +47,8 @@ function within(child: string, parent: string): boolean {
   return child === parent || child.startsWith(parent.endsWith(path.sep) ? parent : parent + path.sep);
 }
 
-function fsyncPath(p: string): void {
+/** Sync a file or folder (its entries) to disk. */
+export function fsyncPath(p: string): void {
   const fd = fs.openSync(p, "r");
   try {
     fs.fsyncSync(fd);
@@ -169,9 +170,9 @@ export class OutputFolder {
    */
   commit(): void {
     const parent = path.dirname(this.dst);
-    fsyncPath(this.tmp);
     let old: string | undefined;
     try {
+      fsyncPath(this.tmp);
       if (fs.existsSync(this.dst)) {
         const st = fs.lstatSync(this.dst);
         if (st.isDirectory() && fs.readdirSync(this.dst).length === 0) fs.rmdirSync(this.dst);
@@ -186,8 +187,19 @@ export class OutputFolder {
       if (e instanceof InputError) throw e;
       throw new WriteError(`${this.dst}: cannot move the finished checkpoint into place: ${describeIoError(e)}`);
     }
-    fsyncPath(parent);
-    if (old !== undefined) fs.rmSync(old, { recursive: true, force: true });
+    // The new checkpoint is in place: from here on a failure is worth telling, not a failed conversion.
+    try {
+      fsyncPath(parent);
+    } catch (e) {
+      this.note(`${this.dst} is in place, but syncing ${parent} failed (${describeIoError(e)}); run sync before relying on it`);
+    }
+    if (old !== undefined) {
+      try {
+        fs.rmSync(old, { recursive: true, force: true });
+      } catch (e) {
+        this.note(`${this.dst} is in place, but the checkpoint it replaced could not be removed from ${old} (${describeIoError(e)})`);
+      }
+    }
     this.finish();
   }
 

@@ -1,0 +1,23 @@
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { convertCheckpoint } from "../../src/convert/convert.js";
+import { UsageError } from "../../src/errors.js";
+import { synthesize } from "../../src/synth/synth.js";
+import { tempDir } from "../helpers/cli.js";
+
+const work = tempDir();
+const hf = path.join(work, "hf");
+afterAll(() => fs.rmSync(work, { recursive: true, force: true }));
+beforeAll(async () => {
+  await synthesize(hf, { preset: "tiny" });
+});
+
+describe("convertCheckpoint", () => {
+  it.each([0, -1, 1.5, Number.NaN])("refuses maxShardSize %s before touching the destination's folder", async (maxShardSize) => {
+    const parent = path.join(work, `out-${String(maxShardSize)}`);
+    const dst = path.join(parent, "native");
+    await expect(convertCheckpoint({ src: hf, dst, to: "native", maxShardSize })).rejects.toThrow(UsageError);
+    expect(fs.existsSync(parent)).toBe(false);
+  });
+});
