@@ -1,7 +1,12 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { convertCheckpoint } from "../../src/convert/convert.js";
 import { verifyCheckpoint } from "../../src/convert/verify.js";
+import { SafetensorsFile } from "../../src/safetensors/file.js";
+import { serialize } from "../../src/safetensors/writer.js";
+import { castInto } from "../../src/tensor/cast.js";
+import type { Tensor } from "../../src/tensor/tensor.js";
 import { FormatError } from "../../src/errors.js";
 import { synthesize } from "../../src/synth/synth.js";
 import { arenaAllFree } from "../helpers/arena.js";
@@ -20,6 +25,40 @@ describe("verifyCheckpoint", () => {
     expect(report.exact).toBe(true);
     expect(report.problems).toEqual([]);
     expect(report.components.every((c) => c.exact === c.tensors)).toBe(true);
+    expect(arenaAllFree()).toBe(true);
+  });
+
+  it("tells values widened by rule (Mamba bf16 → f32) from values that changed (f32 experts → bf16)", async () => {
+    // The HF checkpoint with its Mamba A_log in bf16: the native side holds it in f32, and back in HF it stays f32.
+    const narrowMamba = path.join(work, "bf16-mamba");
+    fs.cpSync(hf, narrowMamba, { recursive: true });
+    const shard = path.join(narrowMamba, "model.safetensors");
+    const file = SafetensorsFile.open(shard);
+    const tensors = new Map<string, Tensor>();
+    for (const name of file.tensors.keys()) {
+      const t = file.readTensor(name);
+      if (!name.endsWith("mixer.A_log")) tensors.set(name, t);
+      else {
+        const data = new Uint8Array(t.data.byteLength / 2);
+        castInto(t.data, "F32", data, "BF16", t.data.byteLength / 4);
+        tensors.set(name, { dtype: "BF16", shape: t.shape, data });
+      }
+    }
+    file.close();
+    fs.writeFileSync(shard, serialize(tensors));
+    const widened = await verifyCheckpoint(narrowMamba);
+    expect(widened.exact).toBe(false);
+    const llm = widened.components.find((c) => c.component === "language model")!;
+    expect(llm.upcast).toBeGreaterThan(0);
+    expect(llm.differ).toBe(0);
+    expect(widened.problems.some((p) => /mixer\.A_log: BF16 came back as F32 with the same values/.test(p))).toBe(true);
+
+    // Native experts in f32 come back in bf16: lost precision, told as a difference.
+    const f32 = path.join(work, "native-f32");
+    await convertCheckpoint({ src: hf, dst: f32, to: "native", dtype: "f32" });
+    const narrowed = await verifyCheckpoint(f32);
+    expect(narrowed.exact).toBe(false);
+    expect(narrowed.problems.some((p) => /gate_and_up_projs: F32\[.*\] came back as BF16\[/.test(p))).toBe(true);
     expect(arenaAllFree()).toBe(true);
   });
 
