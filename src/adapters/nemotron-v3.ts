@@ -169,6 +169,14 @@ export class NemotronV3StateDictAdapter extends PlannedStateDictAdapter<FromHfOp
 
   /** Native → HF for one tensor (`convert_single_tensor_to_hf`); the exclude regex sees the HF keys. */
   planSingleToHf(fqn: string, t: PlannedTensor, options: ToHfOptions = {}, diags = new Diagnostics(this.logger)): PlannedTensor[] {
+    const result = this.toHfTensors(fqn, t, options, diags);
+    if (options.excludeKeyRegex === undefined) return result;
+    const re = compileKeyRegex(options.excludeKeyRegex);
+    return result.filter((r) => !re.test(r.name));
+  }
+
+  /** One native tensor's HF tensors, before the exclude regex. */
+  private toHfTensors(fqn: string, t: PlannedTensor, options: ToHfOptions, diags: Diagnostics): PlannedTensor[] {
     const rules = this.expertRules;
     const v4Compatible = options.v4Compatible ?? false;
     let result: PlannedTensor[];
@@ -184,16 +192,16 @@ export class NemotronV3StateDictAdapter extends PlannedStateDictAdapter<FromHfOp
         result = [upcastMambaFp32(key, renamed(t, key))];
       }
     }
-    if (options.excludeKeyRegex !== undefined) {
-      const re = compileKeyRegex(options.excludeKeyRegex);
-      result = result.filter((r) => !re.test(r.name));
-    }
     return result;
   }
 
   planToHfDict(dict: PlanDict, options: ToHfOptions, diags: Diagnostics): PlanDict {
+    // Compiled once for the whole dict, not once per tensor.
+    const exclude = options.excludeKeyRegex === undefined ? undefined : compileKeyRegex(options.excludeKeyRegex);
     const out: PlanDict = new Map();
-    for (const [fqn, t] of dict) for (const r of this.planSingleToHf(fqn, t, options, diags)) put(out, r.name, r);
+    for (const [fqn, t] of dict) {
+      for (const r of this.toHfTensors(fqn, t, options, diags)) if (!exclude?.test(r.name)) put(out, r.name, r);
+    }
     return out;
   }
 
