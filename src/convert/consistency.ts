@@ -7,8 +7,6 @@ import type { Layout } from "./layout.js";
 export interface ConsistencyReport {
   /** Everything in the tensors that contradicts config.json, one sentence each. */
   readonly problems: readonly string[];
-  /** Language-model layer indices present (not MTP). */
-  readonly layers: readonly number[];
   /** Experts per grouped tensor when it is fewer than the config's: an expert-parallel slice. */
   readonly epSliceExperts?: number;
 }
@@ -91,12 +89,8 @@ export function checkConsistency(
   } else if (hasEmbeddings && llm.numHiddenLayers > 0 && layers.size !== llm.numHiddenLayers) {
     problems.push(`num_hidden_layers is ${llm.numHiddenLayers}, but the checkpoint holds ${layers.size} layers`);
   }
-  const report: { problems: string[]; layers: number[]; epSliceExperts?: number } = {
-    problems: [...new Set(problems)],
-    layers: [...layers].sort((a, b) => a - b),
-  };
-  if (epSliceExperts !== undefined) report.epSliceExperts = epSliceExperts;
-  return report;
+  const unique = [...new Set(problems)];
+  return epSliceExperts === undefined ? { problems: unique } : { problems: unique, epSliceExperts };
 }
 
 /** Refuse, naming config.json and the first disagreement, when the tensors contradict the config. */

@@ -80,14 +80,15 @@ export function inspectCheckpoint(location: string, options: { followSymlinks?: 
       ...(llm.hiddenSize !== undefined ? { hidden: llm.hiddenSize } : {}),
       ...(llm.numNextnPredictLayers !== undefined ? { mtpLayers: llm.numNextnPredictLayers } : {}),
     };
-    const report = layout ? checkConsistency(config, layout, planInput(ckpt).headers) : undefined;
+    const input = planInput(ckpt);
+    const report = layout ? checkConsistency(config, layout, input.headers) : undefined;
     if (report) requireConsistent(report, configFile);
     const epSlice = report?.epSliceExperts !== undefined && llm.nRoutedExperts !== undefined ? { experts: report.epSliceExperts, of: llm.nRoutedExperts } : undefined;
     let convert: InspectReport["convert"];
     if (layout) {
       const to: Layout = layout === "hf" ? "native" : "hf";
       try {
-        const plan = planConversion(planInput(ckpt), raw, configFile, { to });
+        const plan = planConversion(input, raw, configFile, { to });
         convert = { to, tensors: plan.tensors.length, bytes: plan.outputBytes, files: planShards(plan.tensors).length };
       } catch (e) {
         // An expert-parallel slice is a valid checkpoint that cannot go to HF alone; anything else is broken.

@@ -49,9 +49,7 @@ export interface PlanInput {
 }
 
 export function planInput(ckpt: Checkpoint): PlanInput {
-  const headers = new Map<string, TensorInfo>();
-  for (const t of ckpt.tensors.values()) headers.set(t.name, { dtype: t.dtype, shape: t.shape });
-  return { headers, where: ckpt.dir ?? ckpt.files[0]?.name ?? "checkpoint" };
+  return { headers: ckpt.tensors, where: ckpt.dir ?? ckpt.files[0]?.name ?? "checkpoint" };
 }
 
 function checkOptions(o: ConvertOptions, config: ModelConfig): void {
