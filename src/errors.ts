@@ -32,7 +32,6 @@ export class UsageError extends InputError {
   override name = "UsageError";
 }
 
-export const EXIT_OK = 0;
 export const EXIT_INTERNAL = 1;
 export const EXIT_INPUT = 2;
 /** `verify` and `diff`: the checkpoints differ. */

@@ -11,7 +11,6 @@ import { fileURLToPath } from "node:url";
 const cli = path.join(path.dirname(fileURLToPath(import.meta.url)), "bin.js");
 const keep = process.argv.includes("--keep");
 const work = fs.mkdtempSync(path.join(os.tmpdir(), "omni-ckpt-demo-"));
-const at = (name: string): string => name;
 
 function step(title: string, args: string[]): void {
   process.stdout.write(`\n# ${title}\n$ omni-ckpt ${args.join(" ")}\n`);
@@ -23,12 +22,12 @@ function step(title: string, args: string[]): void {
 }
 
 process.stdout.write(`omni-ckpt demo, working in ${work}\n`);
-step("Synthesize a small Omni checkpoint in the Hugging Face layout (sharded like the real one)", ["synth", at("hf"), "--preset", "small", "--max-shard-size", "1MB"]);
-step("What is in it (headers only)", ["inspect", at("hf")]);
-step("Convert it to the NeMo Automodel layout: experts grouped into 3-D tensors", ["convert", "--to", "native", at("hf"), at("native")]);
-step("And back to the Hugging Face layout", ["convert", "--to", "hf", at("native"), at("hf-again")]);
-step("Compare the result with the original, tensor by tensor", ["diff", at("hf"), at("hf-again")]);
-step("verify does the same round trip in memory, writing nothing", ["verify", at("hf")]);
+step("Synthesize a small Omni checkpoint in the Hugging Face layout (sharded like the real one)", ["synth", "hf", "--preset", "small", "--max-shard-size", "1MB"]);
+step("What is in it (headers only)", ["inspect", "hf"]);
+step("Convert it to the NeMo Automodel layout: experts grouped into 3-D tensors", ["convert", "--to", "native", "hf", "native"]);
+step("And back to the Hugging Face layout", ["convert", "--to", "hf", "native", "hf-again"]);
+step("Compare the result with the original, tensor by tensor", ["diff", "hf", "hf-again"]);
+step("verify does the same round trip in memory, writing nothing", ["verify", "hf"]);
 
 process.stdout.write(`\nDemo passed: HF → native → HF returned every tensor bit for bit.\n`);
 if (keep) process.stdout.write(`Files kept in ${work}\n`);

@@ -45,6 +45,12 @@ export function formatSeconds(s: number): string {
   return `${m} min ${Math.round(s - 60 * m)} s`;
 }
 
+/** A whole decimal integer, or a usage error naming the flag. */
+export function intFlag(value: string, flag: string): number {
+  if (!/^-?[0-9]+$/.test(value.trim())) throw new UsageError(`${flag} must be an integer, got ${JSON.stringify(value)}`);
+  return Number(value);
+}
+
 export function formatRate(bytes: number, seconds: number): string {
   return seconds > 0 ? `${formatBytes(bytes / seconds)}/s` : "-";
 }

@@ -1,6 +1,6 @@
 import type cliProgress from "cli-progress";
 import { createRequire } from "node:module";
-import { formatBytes, formatCount } from "./format.js";
+import { formatBytes, formatCount, formatRate } from "./format.js";
 
 /**
  * A progress bar on stderr when it is a terminal: bytes and tensors done, rate and ETA. When output is
@@ -36,12 +36,11 @@ export class Progress {
   }
 
   private payload(bytes: number, tensors: number): Record<string, string> {
-    const secs = (performance.now() - this.started) / 1000;
     return {
       done: formatBytes(bytes),
       size: formatBytes(this.totalBytes),
       tensors: `${formatCount(tensors)}/${formatCount(this.totalTensors ?? 0)}`,
-      rate: secs > 0 ? `${formatBytes(bytes / secs)}/s` : "-",
+      rate: formatRate(bytes, (performance.now() - this.started) / 1000),
     };
   }
 

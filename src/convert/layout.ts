@@ -52,6 +52,11 @@ export function requireLayout(names: Iterable<string>, where: string): Layout {
   throw new InputError(`${where}: no tensor name tells whether this is an HF or a native Nemotron Omni checkpoint`);
 }
 
+/** The layout's name in a sentence of output: HF or native. */
+export function layoutShortName(layout: Layout): string {
+  return layout === "hf" ? "HF" : "native";
+}
+
 export function layoutName(layout: Layout): string {
   return layout === "hf" ? "Hugging Face (HF)" : "native (NeMo Automodel)";
 }

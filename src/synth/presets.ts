@@ -2,7 +2,7 @@
  * Sizes of synthetic Omni checkpoints. `tiny` mirrors the oracle fixtures, `small` is a quick but
  * non-trivial model, `bench` keeps the real model's proportions (experts are ~90% of the bytes, 128 of
  * them per MoE layer) at about 1 GB, and `nano-omni-30b` has the real model's shapes (SPEC §6; the vision
- * and sound encoders at plausible RADIO / Parakeet sizes), 62 GB: write it with `--sparse`.
+ * and sound encoders at plausible RADIO / Parakeet sizes), about 68 GB: write it with `--sparse`.
  */
 export interface SynthPreset {
   readonly name: string;

@@ -1,9 +1,9 @@
 import type { Command } from "commander";
 import type { ExpertActivation } from "../../adapters/moe-experts.js";
 import type { ConvertSummary } from "../../convert/convert.js";
-import type { Layout } from "../../convert/layout.js";
+import { type Layout, layoutShortName } from "../../convert/layout.js";
 import { UsageError } from "../../errors.js";
-import { formatBytes, formatCount, formatRate, formatSeconds, parseSize } from "../format.js";
+import { formatBytes, formatCount, formatRate, formatSeconds, intFlag, parseSize } from "../format.js";
 import { printJson, say, warn, warnList } from "../output.js";
 import { Progress } from "../progress.js";
 
@@ -23,18 +23,11 @@ interface ConvertFlags {
   expertActivation?: string;
 }
 
-/** A whole decimal integer, or a usage error naming the flag. */
-export function intFlag(value: string, flag: string): number {
-  if (!/^-?[0-9]+$/.test(value.trim())) throw new UsageError(`${flag} must be an integer, got ${JSON.stringify(value)}`);
-  return Number(value);
-}
-
 function describe(s: ConvertSummary): string {
-  const names = { hf: "HF", native: "native" } as const;
   const files = s.files.length === 1 ? "1 file" : `${s.files.length} files`;
   const aux = s.auxFiles.length > 0 ? ` + ${s.auxFiles.length} other file${s.auxFiles.length === 1 ? "" : "s"}` : "";
   return (
-    `converted ${names[s.from]} → ${names[s.to]}: ${formatCount(s.tensorsIn)} → ${formatCount(s.tensorsOut)} tensors, ` +
+    `converted ${layoutShortName(s.from)} → ${layoutShortName(s.to)}: ${formatCount(s.tensorsIn)} → ${formatCount(s.tensorsOut)} tensors, ` +
     `${formatBytes(s.bytesOut)} in ${files}${aux}, ${formatSeconds(s.seconds)} (${formatRate(s.bytesIn, s.seconds)}) → ${s.dst}`
   );
 }

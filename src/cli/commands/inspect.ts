@@ -1,6 +1,6 @@
 import type { Command } from "commander";
 import type { InspectReport } from "../../convert/inspect.js";
-import { layoutName } from "../../convert/layout.js";
+import { layoutName, layoutShortName } from "../../convert/layout.js";
 import { formatBytes, formatCount, table } from "../format.js";
 import { printJson, say } from "../output.js";
 
@@ -30,7 +30,7 @@ function render(r: InspectReport): string {
   }
   if (r.convert) {
     lines.push("");
-    const to = r.convert.to === "hf" ? "HF" : "native";
+    const to = layoutShortName(r.convert.to);
     if ("error" in r.convert) lines.push(`convert --to ${r.convert.to}: not possible: ${r.convert.error}`);
     else lines.push(`convert --to ${r.convert.to} would write ${formatCount(r.convert.tensors)} ${to} tensors, ${formatBytes(r.convert.bytes)} in ${r.convert.files} file${r.convert.files === 1 ? "" : "s"} (5 GB shards)`);
   }

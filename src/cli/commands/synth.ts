@@ -1,16 +1,15 @@
 import type { Command } from "commander";
 import { PRESETS } from "../../synth/presets.js";
 import { UsageError } from "../../errors.js";
-import { formatBytes, formatCount, parseSize } from "../format.js";
+import { formatBytes, formatCount, intFlag, parseSize } from "../format.js";
 import { printJson, say } from "../output.js";
-import { intFlag } from "./convert.js";
 
 export function registerSynth(program: Command): void {
   program
     .command("synth")
     .description("write a synthetic, structurally complete HF-layout Omni checkpoint (deterministic per seed)")
     .argument("<dir>", "folder to create")
-    .option("--preset <name>", `size: ${Object.keys(PRESETS).join(", ")} (bench is about 1 GB, nano-omni-30b the real 62 GB: use --sparse)`, "tiny")
+    .option("--preset <name>", `size: ${Object.keys(PRESETS).join(", ")} (bench is about 1 GB, nano-omni-30b the real model's shapes, about 68 GB: use --sparse)`, "tiny")
     .option("--seed <n>", "random seed", "0")
     .option("--dtype <dtype>", "weight dtype: bf16 or f32", "bf16")
     .option("--scale <n>", "repeat the layer pattern N times (N× the size, same tensor sizes)", "1")

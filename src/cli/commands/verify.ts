@@ -1,4 +1,5 @@
 import type { Command } from "commander";
+import { layoutShortName } from "../../convert/layout.js";
 import { EXIT_DIFFERENT } from "../../errors.js";
 import { formatBytes, formatCount, formatSeconds, table } from "../format.js";
 import { printJson, say } from "../output.js";
@@ -28,7 +29,6 @@ export function registerVerify(program: Command): void {
         return;
       }
       if (flags.quiet) return;
-      const names = { hf: "HF", native: "native" } as const;
       const rows = report.components.map((c) => [
         c.component,
         formatCount(c.tensors),
@@ -38,7 +38,7 @@ export function registerVerify(program: Command): void {
         formatCount(c.missing),
         c.exact === c.tensors ? "exact" : "NOT EXACT",
       ]);
-      say(`${dir}: round trip ${report.path.map((l) => names[l]).join(" → ")}, ${formatCount(report.tensors)} tensors, ${formatBytes(report.bytes)}`);
+      say(`${dir}: round trip ${report.path.map(layoutShortName).join(" → ")}, ${formatCount(report.tensors)} tensors, ${formatBytes(report.bytes)}`);
       say("");
       say(table(["component", "tensors", "exact", "upcast", "differ", "lost", "result"], rows, new Set([1, 2, 3, 4, 5])));
       if (report.problems.length > 0) {
