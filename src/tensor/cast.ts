@@ -155,6 +155,13 @@ function toF32Bits(src: Uint8Array, from: DType, out: Uint32Array, count: number
 
 /** Elements converted per pass when a cast goes through binary32, bounding scratch memory. */
 const CAST_BLOCK = 1 << 16;
+let block: Uint32Array | undefined;
+
+/** The pass buffer, shared: casts are synchronous, and a stream casts one piece after another. */
+function castBlock(count: number): Uint32Array {
+  block ??= new Uint32Array(CAST_BLOCK);
+  return count < CAST_BLOCK ? block.subarray(0, count) : block;
+}
 
 /**
  * Cast `count` elements of `from` in `src` to `to` in `dst`. Supported targets are F32, F16, BF16 and F64,
@@ -176,7 +183,7 @@ export function castInto(src: Uint8Array, from: DType, dst: Uint8Array, to: DTyp
       d.set(new Float32Array(src.buffer, src.byteOffset, count));
       return;
     }
-    const bits = new Uint32Array(Math.min(count, CAST_BLOCK));
+    const bits = castBlock(count);
     const f = new Float32Array(bits.buffer);
     for (let start = 0; start < count; start += bits.length) {
       const n = Math.min(bits.length, count - start);
@@ -197,7 +204,7 @@ export function castInto(src: Uint8Array, from: DType, dst: Uint8Array, to: DTyp
     for (let i = 0; i < count; i++) out[i] = narrow(s[i]!);
     return;
   }
-  const bits = new Uint32Array(Math.min(count, CAST_BLOCK));
+  const bits = castBlock(count);
   for (let start = 0; start < count; start += bits.length) {
     const n = Math.min(bits.length, count - start);
     toF32Bits(src.subarray(start * itemSize(from)), from, bits, n);
