@@ -3,7 +3,6 @@ import type { Diagnostic } from "../adapters/plan.js";
 import { InputError, UsageError } from "../errors.js";
 import { CONFIG_FILE, Checkpoint } from "../safetensors/checkpoint.js";
 import { DEFAULT_MAX_SHARD_SIZE, ShardedWriter, checkShardOnDisk, writeFileDurably } from "../safetensors/sharded-writer.js";
-import { WriteError } from "../safetensors/writer.js";
 import type { TensorInfo } from "../tensor/tensor.js";
 import { copyAuxFiles, listAuxFiles } from "./aux-files.js";
 import type { Layout } from "./layout.js";
@@ -121,10 +120,7 @@ export async function convertCheckpoint(req: ConvertRequest): Promise<ConvertSum
       };
     } catch (e) {
       writer?.abandon();
-      out.abort();
-      // The temporary folder is gone; name the destination the user asked for.
-      if (e instanceof WriteError) throw new WriteError(e.message.split(out.tmp).join(req.dst));
-      throw e;
+      throw out.fail(e);
     }
   } finally {
     ckpt.close();

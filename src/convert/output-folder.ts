@@ -96,6 +96,8 @@ export class OutputFolder {
   private done = false;
 
   private constructor(
+    /** DST as the user spelled it, for messages. */
+    private readonly requested: string,
     readonly dst: string,
     readonly tmp: string,
     private readonly lock: string,
@@ -129,7 +131,7 @@ export class OutputFolder {
     const lock = path.join(parent, `.${base}${LOCK_TAG}`);
     takeLock(lock, dst);
     const tmp = path.join(parent, `.${base}${TMP_TAG}${uniqueSuffix()}`);
-    const folder = new OutputFolder(target, tmp, lock, options.force ?? false, options.onNote);
+    const folder = new OutputFolder(dst, target, tmp, lock, options.force ?? false, options.onNote);
     try {
       folder.removeLeftovers(parent, base);
       checkDestination(dst, target, options.force ?? false);
@@ -201,6 +203,15 @@ export class OutputFolder {
       }
     }
     this.finish();
+  }
+
+  /**
+   * After a failure: remove what this run created and return the error to report. A write error names the
+   * destination the user asked for, not the temporary folder that is gone.
+   */
+  fail(e: unknown): unknown {
+    this.abort();
+    return e instanceof WriteError ? new WriteError(e.message.split(this.tmp).join(this.requested)) : e;
   }
 
   /** Remove everything this run created. Safe to call more than once, and from a signal handler. */

@@ -294,7 +294,9 @@ export async function synthesize(dir: string, options: SynthOptions = {}): Promi
   if (!Number.isSafeInteger(scale) || scale < 1) throw new UsageError(`--scale must be a positive integer, got ${scale}`);
   const seed = options.seed ?? 0;
   if (!Number.isSafeInteger(seed)) throw new UsageError(`--seed must be an integer, got ${seed}`);
-  const { tensors, config } = synthLayout(preset, { dtype: options.dtype ?? "BF16", scale });
+  const dtype = options.dtype ?? "BF16";
+  if (dtype !== "BF16" && dtype !== "F32") throw new UsageError(`dtype must be BF16 or F32, got ${JSON.stringify(dtype)}`);
+  const { tensors, config } = synthLayout(preset, { dtype, scale });
   const ordered = referenceOrder(tensors);
   const out = OutputFolder.prepare(dir, options.force ? { force: true } : {});
   let writer: ShardedWriter | undefined;
@@ -317,7 +319,6 @@ export async function synthesize(dir: string, options: SynthOptions = {}): Promi
     return { dir, preset: preset.name, tensors: ordered.length, bytes, files: [...files, CONFIG_FILE, "tokenizer_config.json", "generation_config.json"] };
   } catch (e) {
     writer?.abandon();
-    out.abort();
-    throw e;
+    throw out.fail(e);
   }
 }

@@ -1,0 +1,18 @@
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { UsageError } from "../../src/errors.js";
+import { type SynthOptions, synthesize } from "../../src/synth/synth.js";
+import { tempDir } from "../helpers/cli.js";
+
+const work = tempDir();
+afterAll(() => fs.rmSync(work, { recursive: true, force: true }));
+
+describe("synthesize", () => {
+  it("refuses a dtype it cannot write before creating anything, as the CLI does", async () => {
+    const dir = path.join(work, "f16");
+    // A JavaScript caller is not held to the type: bf16 bit patterns must not go out labelled F16.
+    await expect(synthesize(dir, { dtype: "F16" } as unknown as SynthOptions)).rejects.toThrow(new UsageError('dtype must be BF16 or F32, got "F16"'));
+    expect(fs.existsSync(dir)).toBe(false);
+  });
+});
