@@ -5,7 +5,7 @@ import type { TensorInfo } from "../tensor/tensor.js";
 import { SafetensorsFile } from "./file.js";
 import type { TensorEntry } from "./header.js";
 import { type JsonValue, JsonSyntaxError, describeJson, isJsonObject, parseJson, toPlain } from "./json.js";
-import { describeIoError, fileKind } from "./source.js";
+import { FileSource, describeIoError, fileKind } from "./source.js";
 
 export const SINGLE_FILE = "model.safetensors";
 export const INDEX_FILE = "model.safetensors.index.json";
@@ -140,31 +140,32 @@ function tensorMap(files: readonly SafetensorsFile[]): Map<string, StoredTensor>
   return out;
 }
 
+const UTF8 = new TextDecoder("utf-8", { fatal: true });
+
+/**
+ * A small JSON file, read through the same guarded open as shards (no blocking on a FIFO, regular files
+ * only, size from the open file) and exactly as many bytes as that size, so the limit holds even for a
+ * file that grows meanwhile.
+ */
 function readJsonFile<T>(file: string, limit: number, parse: (text: string) => T): T {
-  let st: fs.Stats;
-  try {
-    st = fs.statSync(file);
-  } catch (e) {
-    throw new FormatError(file, `cannot read: ${describeIoError(e)}`);
-  }
-  if (!st.isFile()) throw new FormatError(file, `is ${fileKind(st)}, not a regular file`);
-  if (st.size > limit) throw new FormatError(file, `is ${st.size} bytes, more than the ${limit}-byte limit for this file`);
+  const source = new FileSource(file);
   let text: string;
   try {
-    const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+    if (source.size > limit) throw new FormatError(file, `is ${source.size} bytes, more than the ${limit}-byte limit for this file`);
+    const bytes = new Uint8Array(source.size);
+    source.readSync(bytes, 0);
     try {
-      text = new TextDecoder("utf-8", { fatal: true }).decode(fs.readFileSync(fd));
-    } finally {
-      fs.closeSync(fd);
+      text = UTF8.decode(bytes);
+    } catch {
+      throw new FormatError(file, "is not valid UTF-8");
     }
-  } catch (e) {
-    if (e instanceof TypeError) throw new FormatError(file, "is not valid UTF-8");
-    throw new FormatError(file, `cannot read: ${describeIoError(e)}`);
+  } finally {
+    source.close();
   }
   try {
     return parse(text);
   } catch (e) {
-    if (e instanceof SyntaxError || e instanceof JsonSyntaxError) throw new FormatError(file, `is not valid JSON: ${e.message}`);
+    if (e instanceof JsonSyntaxError) throw new FormatError(file, `is not valid JSON: ${e.message}`);
     throw e;
   }
 }

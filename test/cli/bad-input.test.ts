@@ -393,7 +393,7 @@ const folderCases = inGroup("folder", [
   {
     name: "config.json missing",
     build: (dir) => fs.rmSync(path.join(dir, "config.json")),
-    error: (dir) => `${config(dir)}: cannot read: no such file \\(ENOENT\\)`,
+    error: (dir) => `${config(dir)}: cannot open: no such file \\(ENOENT\\)`,
     otherwise: DIFF_IGNORES_CONFIG,
   },
   {
@@ -403,7 +403,7 @@ const folderCases = inGroup("folder", [
       fs.rmSync(path.join(dir, "config.json"));
       fs.mkdirSync(path.join(dir, "config.json"));
     },
-    error: (dir) => `${config(dir)}: is a directory, not a regular file`,
+    error: (dir) => `${config(dir)}: is not a regular file \\(a directory\\)`,
     otherwise: DIFF_IGNORES_CONFIG,
   },
   {

@@ -187,7 +187,7 @@ describe("convert: refusals leave everything as it was", () => {
     fs.writeFileSync(path.join(bad, "config.json"), JSON.stringify(cfg));
     expectCleanError(runCli(["convert", "--to", "native", bad, path.join(work, "x2")]), 2, /num_hidden_layers is 4, but the checkpoint has tensors past it/);
     fs.rmSync(path.join(bad, "config.json"));
-    expectCleanError(runCli(["convert", "--to", "native", bad, path.join(work, "x3")]), 2, /config\.json: cannot read: no such file/);
+    expectCleanError(runCli(["convert", "--to", "native", bad, path.join(work, "x3")]), 2, /config\.json: cannot open: no such file/);
     expect(fs.existsSync(path.join(work, "x1")) || fs.existsSync(path.join(work, "x2")) || fs.existsSync(path.join(work, "x3"))).toBe(false);
   });
 

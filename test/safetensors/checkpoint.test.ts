@@ -432,13 +432,13 @@ describe("FIFOs posing as files", () => {
       mkfifo(index);
       releaseLater(index);
       const started = performance.now();
-      expectFormatError(() => open(), index, "is a FIFO, not a regular file");
+      expectFormatError(() => open(), index, "is not a regular file (a FIFO)");
       fs.rmSync(index);
       writeShard(path.join(dir, "model.safetensors"), ["a"]);
       const config = path.join(dir, "config.json");
       mkfifo(config);
       const ckpt = open();
-      expectFormatError(() => ckpt.readConfig(), config, "is a FIFO, not a regular file");
+      expectFormatError(() => ckpt.readConfig(), config, "is not a regular file (a FIFO)");
       ckpt.close();
       expect(performance.now() - started).toBeLessThan(1000);
     },
@@ -467,7 +467,7 @@ describe("readConfig", () => {
 
   it("refuses a missing config", () => {
     const ckpt = open();
-    expectFormatError(() => ckpt.readConfig(), config(), "cannot read: no such file (ENOENT)");
+    expectFormatError(() => ckpt.readConfig(), config(), "cannot open: no such file (ENOENT)");
     ckpt.close();
   });
 
@@ -494,7 +494,7 @@ describe("readConfig", () => {
   it("refuses a directory named config.json", () => {
     fs.mkdirSync(config());
     const ckpt = open();
-    expectFormatError(() => ckpt.readConfig(), config(), "is a directory, not a regular file");
+    expectFormatError(() => ckpt.readConfig(), config(), "is not a regular file (a directory)");
     ckpt.close();
   });
 });
