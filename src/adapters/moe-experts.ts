@@ -1,6 +1,6 @@
 import { ConversionError, UsageError } from "../errors.js";
 import { type DType, isFloat } from "../tensor/dtype.js";
-import { formatShape } from "../tensor/tensor.js";
+import { formatShape, sameShape } from "../tensor/tensor.js";
 import { type View, contiguous, permute, reshape, select, slice, transpose } from "../tensor/view.js";
 import { type Diagnostics, type Part, type PlanDict, type PlannedTensor, assemble, renamed, viewOf } from "./plan.js";
 
@@ -145,7 +145,7 @@ function requireUniform(list: readonly PlannedTensor[], what: string): PlannedTe
   const first = list[0]!;
   requireMatrix(first, what);
   for (const t of list) {
-    if (t.dtype !== first.dtype || t.shape.length !== first.shape.length || t.shape.some((d, i) => d !== first.shape[i])) {
+    if (t.dtype !== first.dtype || !sameShape(t.shape, first.shape)) {
       throw new ConversionError(
         `${what}: ${JSON.stringify(t.pieces[0]?.src)} is ${t.dtype}${formatShape(t.shape)} but ` +
           `${JSON.stringify(first.pieces[0]?.src)} is ${first.dtype}${formatShape(first.shape)}; experts of one layer must match`,

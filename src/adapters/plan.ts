@@ -1,5 +1,5 @@
 import type { DType } from "../tensor/dtype.js";
-import { type TensorInfo, formatShape } from "../tensor/tensor.js";
+import { type TensorInfo, formatShape, sameShape } from "../tensor/tensor.js";
 import { type View, contiguous, isContiguous } from "../tensor/view.js";
 
 /**
@@ -92,7 +92,7 @@ export function assemble(name: string, dtype: DType, shape: readonly number[], p
   const pieces: Piece[] = parts.map((part) => {
     const p = singlePiece(part.from);
     const srcView = part.take ? part.take(p.srcView) : p.srcView;
-    if (srcView.shape.length !== part.into.shape.length || srcView.shape.some((d, i) => d !== part.into.shape[i])) {
+    if (!sameShape(srcView.shape, part.into.shape)) {
       throw new Error(
         `internal: ${part.from.name} ${formatShape(srcView.shape)} does not fit region ${formatShape(part.into.shape)} of ${name}`,
       );

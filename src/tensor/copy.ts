@@ -1,3 +1,4 @@
+import { sameShape } from "./tensor.js";
 import { type View, simplifyPair } from "./view.js";
 import { inArena, transposeInArena } from "./wasm/kernels.js";
 
@@ -19,7 +20,7 @@ function wordsOf(bytes: Uint8Array, wordSize: 1 | 2 | 4): Words {
  * elements of `itemSize` bytes; both views must have the same shape.
  */
 export function copyView(src: Uint8Array, dst: Uint8Array, itemSize: number, srcView: View, dstView: View): void {
-  if (srcView.shape.length !== dstView.shape.length || srcView.shape.some((d, i) => d !== dstView.shape[i])) {
+  if (!sameShape(srcView.shape, dstView.shape)) {
     throw new RangeError(
       `copyView: shapes differ ([${srcView.shape.join(", ")}] vs [${dstView.shape.join(", ")}])`,
     );

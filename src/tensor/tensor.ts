@@ -35,7 +35,7 @@ export function byteLength(info: TensorInfo): number {
 }
 
 export function makeTensor(dtype: DType, shape: readonly number[], data?: Uint8Array): Tensor {
-  const size = numel(shape) * itemSize(dtype);
+  const size = byteLength({ dtype, shape });
   if (data === undefined) return { dtype, shape: [...shape], data: new Uint8Array(size) };
   if (data.byteLength !== size) {
     throw new RangeError(`tensor of ${dtype}[${shape.join(", ")}] needs ${size} bytes, got ${data.byteLength}`);
