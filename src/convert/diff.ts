@@ -25,7 +25,7 @@ export interface DiffReport {
   /** Tensors equal in name, dtype, shape and bytes. */
   readonly same: number;
   readonly differences: readonly TensorDifference[];
-  /** sha256 of each compared tensor's bytes, in A and in B. */
+  /** sha256 of each compared tensor's bytes, in A and in B; empty unless asked for. */
   readonly hashes: ReadonlyMap<string, { readonly a: string; readonly b: string }>;
   readonly identical: boolean;
   readonly seconds: number;
@@ -33,6 +33,8 @@ export interface DiffReport {
 
 export interface DiffOptions {
   readonly followSymlinks?: boolean;
+  /** Also hash every compared tensor (sha256, in `hashes`); the comparison itself does not need it. Default true. */
+  readonly hashes?: boolean;
   readonly onProgress?: (bytesDone: number, bytesTotal: number) => void;
 }
 
@@ -180,13 +182,15 @@ export async function diffCheckpoints(pathA: string, pathB: string, options: Dif
         differences.push({ name, kind: "shape", detail: `shape ${formatShape(ta.shape)} vs ${formatShape(tb.shape)}` });
       } else pairs.push({ name, a: ta, b: tb });
     }
-    let ha = crypto.createHash("sha256");
-    let hb = crypto.createHash("sha256");
+    const hashing = options.hashes ?? true;
+    const hasher = (): crypto.Hash | undefined => (hashing ? crypto.createHash("sha256") : undefined);
+    let ha = hasher();
+    let hb = hasher();
     let delta = { max: 0, count: 0 };
     let equal = true;
     for await (const c of pairedChunks(pairs)) {
-      ha.update(c.a);
-      hb.update(c.b);
+      ha?.update(c.a);
+      hb?.update(c.b);
       if (Buffer.compare(c.a, c.b) !== 0) {
         equal = false;
         const d = chunkDelta(c.a, c.b, c.pair.a.dtype);
@@ -195,7 +199,7 @@ export async function diffCheckpoints(pathA: string, pathB: string, options: Dif
       bytesDone += c.a.byteLength;
       if (!c.last) continue;
       const { name, a: ta } = c.pair;
-      hashes.set(name, { a: ha.digest("hex"), b: hb.digest("hex") });
+      if (ha && hb) hashes.set(name, { a: ha.digest("hex"), b: hb.digest("hex") });
       if (equal) same++;
       else {
         differences.push({
@@ -206,8 +210,8 @@ export async function diffCheckpoints(pathA: string, pathB: string, options: Dif
           differingElements: delta.count,
         });
       }
-      ha = crypto.createHash("sha256");
-      hb = crypto.createHash("sha256");
+      ha = hasher();
+      hb = hasher();
       delta = { max: 0, count: 0 };
       equal = true;
       options.onProgress?.(bytesDone, bytesTotal);

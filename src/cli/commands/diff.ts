@@ -18,6 +18,8 @@ export function registerDiff(program: Command): void {
       let progress: Progress | undefined;
       const report = await diffCheckpoints(a, b, {
         ...(flags.followSymlinks ? { followSymlinks: true } : {}),
+        // Hashes are only shown in the JSON report; without it, hashing every byte would be wasted.
+        hashes: flags.json === true,
         onProgress: (done, total) => {
           progress ??= new Progress(!flags.quiet && !flags.json, "comparing", total);
           progress.update(done);
