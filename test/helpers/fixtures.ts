@@ -3,6 +3,7 @@ import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import { Checkpoint } from "../../src/safetensors/checkpoint.js";
 import type { Tensor } from "../../src/tensor/tensor.js";
+import { seededRandom as uniform } from "./random.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const repoRoot = path.resolve(here, "../..");
@@ -79,14 +80,9 @@ export interface Random {
 }
 
 export function seededRandom(seed: number): Random {
-  let a = seed >>> 0;
-  const u32 = (): number => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  };
+  const next = uniform(seed);
+  // Exact: `uniform` is a 32-bit integer divided by 2^32.
+  const u32 = (): number => next() * 2 ** 32;
   const int = (n: number): number => Math.floor((u32() / 2 ** 32) * n);
   return {
     u32,

@@ -4,7 +4,7 @@
  * further. Header text is held as latin1 (one char per byte) so any byte, valid UTF-8 or not, can be spliced
  * in. Every mutation appends a line to the draft's log, so a failing case says what was done to it.
  */
-import { seededRandom } from "./random.js";
+import { seededRandom, shuffle } from "./random.js";
 
 export class Rng {
   private readonly next: () => number;
@@ -41,11 +41,7 @@ export class Rng {
   }
 
   shuffle<T>(items: T[]): T[] {
-    for (let i = items.length - 1; i > 0; i--) {
-      const j = this.int(i + 1);
-      [items[i], items[j]] = [items[j]!, items[i]!];
-    }
-    return items;
+    return shuffle(items, this.next);
   }
 }
 
