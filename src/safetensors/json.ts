@@ -240,10 +240,7 @@ export function describeJson(v: JsonValue): string {
 export function toPlain(v: JsonValue): unknown {
   if (v instanceof JsonNumber) return Number(v.text);
   if (Array.isArray(v)) return v.map(toPlain);
-  if (v instanceof Map) {
-    const o: Record<string, unknown> = {};
-    for (const [k, x] of v) Object.defineProperty(o, k, { value: toPlain(x), enumerable: true, writable: true, configurable: true });
-    return o;
-  }
+  // Object.fromEntries defines own properties: a key named `__proto__` stays a key.
+  if (v instanceof Map) return Object.fromEntries([...v].map(([k, x]) => [k, toPlain(x)]));
   return v;
 }

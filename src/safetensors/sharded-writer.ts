@@ -164,11 +164,11 @@ export class ShardedWriter {
 export function writeIndex(dir: string, plans: readonly ShardPlan[]): string[] {
   const names = plans.map((p) => p.file);
   if (plans.length < 2) return names;
-  const entries: [string, string][] = [];
-  for (const p of plans) for (const t of p.tensors) entries.push([t.name, p.file]);
-  entries.sort((a, b) => Buffer.compare(Buffer.from(a[0]), Buffer.from(b[0])));
-  const weightMap: Record<string, string> = {};
-  for (const [k, v] of entries) Object.defineProperty(weightMap, k, { value: v, enumerable: true, writable: true, configurable: true });
+  const entries: [string, string, Buffer][] = [];
+  for (const p of plans) for (const t of p.tensors) entries.push([t.name, p.file, Buffer.from(t.name, "utf8")]);
+  entries.sort((a, b) => Buffer.compare(a[2], b[2]));
+  // Object.fromEntries defines own properties, so a tensor named `__proto__` is listed like any other.
+  const weightMap = Object.fromEntries(entries.map(([k, v]) => [k, v]));
   const totalSize = plans.reduce((n, p) => n + p.dataSize, 0);
   writeFileDurably(path.join(dir, INDEX_FILE), `${JSON.stringify({ metadata: { total_size: totalSize }, weight_map: weightMap }, null, 2)}\n`);
   return [...names, INDEX_FILE];
