@@ -217,12 +217,9 @@ function openIndexed(dir: string, indexPath: string, options: OpenOptions): Chec
   const opened = new Map<string, SafetensorsFile>();
   try {
     for (const shard of byShard.keys()) {
-      const file = openShard(dir, shard, options, indexPath);
       const key = path.normalize(shard);
-      if (opened.has(key)) {
-        file.close();
-        throw new FormatError(indexPath, `names the same shard twice (${JSON.stringify(shard)})`);
-      }
+      if (opened.has(key)) throw new FormatError(indexPath, `names the same shard twice (${JSON.stringify(shard)})`);
+      const file = openShard(dir, shard, options, indexPath);
       opened.set(key, file);
       files.push(file);
       weightFiles.add(key);
