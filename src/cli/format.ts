@@ -35,8 +35,16 @@ export function formatBytes(n: number): string {
   return `${v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2)} ${units[i]}`;
 }
 
+/**
+ * `12,345`. By hand rather than `toLocaleString`, whose first call loads ICU's locale data: ~20 ms of a
+ * conversion's start-up, measured.
+ */
 export function formatCount(n: number): string {
-  return n.toLocaleString("en-US");
+  if (!Number.isFinite(n)) return String(n);
+  const sign = n < 0 ? "-" : "";
+  const [whole, frac] = String(Math.abs(n)).split(".") as [string, string | undefined];
+  const grouped = whole.replace(/\B(?=(\d{3})+$)/g, ",");
+  return frac === undefined ? `${sign}${grouped}` : `${sign}${grouped}.${frac}`;
 }
 
 export function formatSeconds(s: number): string {
