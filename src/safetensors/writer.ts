@@ -4,6 +4,7 @@ import { serializationRank } from "../tensor/dtype.js";
 import { type Tensor, type TensorInfo, byteLength } from "../tensor/tensor.js";
 import { PREFIX_LENGTH } from "./header.js";
 import { describeIoError } from "./source.js";
+import { writeThreadFor } from "./write-thread.js";
 
 export interface DeclaredTensor extends TensorInfo {
   readonly name: string;
@@ -206,7 +207,19 @@ export class SafetensorsFileWriter {
         };
         step(0);
       });
-    this.handle(); // A write after close fails now, not when its turn comes.
+    const fd = this.handle(); // A write after close fails now, not when its turn comes.
+    const thread = writeThreadFor(bytes.buffer);
+    if (thread) {
+      // The thread writes in the order asked, one at a time: no need to wait for the previous write here.
+      const result = thread.write(fd, bytes, position).then(
+        () => this.record(offset, offset + bytes.byteLength),
+        (e: unknown) => {
+          throw new WriteError(`${this.path}: write failed: ${describeIoError(e)}`);
+        },
+      );
+      this.lastWrite = Promise.all([this.lastWrite, result.catch(() => undefined)]).then(() => undefined);
+      return result;
+    }
     const result = this.lastWrite.then(run, run);
     this.lastWrite = result.catch(() => undefined);
     return result;

@@ -2,6 +2,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { BufferPool } from "../../src/convert/buffer-pool.js";
 import { Checkpoint } from "../../src/safetensors/checkpoint.js";
 import { SafetensorsFile } from "../../src/safetensors/file.js";
 import { PREFIX_LENGTH } from "../../src/safetensors/header.js";
@@ -302,7 +303,17 @@ describe("writing to disk", () => {
     return shuffle(out, random);
   }
 
-  it("SafetensorsFileWriter writes chunks in any order and gives the same bytes as serialize", async () => {
+  // Buffers in the shared arena are written by the writer thread; others by the event loop's thread pool.
+  it.each([false, true])("SafetensorsFileWriter writes chunks in any order and gives the same bytes as serialize (arena: %s)", async (arena) => {
+    const pool = new BufferPool();
+    const held: Uint8Array[] = [];
+    const place = (bytes: Uint8Array): Uint8Array => {
+      if (!arena) return bytes;
+      const b = pool.acquire(bytes.byteLength);
+      b.set(bytes);
+      held.push(b);
+      return b;
+    };
     const random = seededRandom(7);
     const tensors = sampleTensors(random);
     const declared = referenceOrder([...tensors].map(([name, t]) => ({ name, dtype: t.dtype, shape: t.shape })));
@@ -312,10 +323,11 @@ describe("writing to disk", () => {
     const offsetOf = new Map(declared.map((t, i) => [t.name, w.header.offsets[i]!]));
     const parts = chunks(tensors, random);
     await Promise.all(
-      parts.map((c, i) => (i % 2 === 0 ? w.write(offsetOf.get(c.name)! + c.offset, c.bytes) : (w.writeSync(offsetOf.get(c.name)! + c.offset, c.bytes), undefined))),
+      parts.map((c, i) => (i % 2 === 0 ? w.write(offsetOf.get(c.name)! + c.offset, place(c.bytes)) : (w.writeSync(offsetOf.get(c.name)! + c.offset, c.bytes), undefined))),
     );
     expect(w.complete).toBe(true);
     await w.finish();
+    for (const b of held) pool.release(b);
     expect(sameBytes(new Uint8Array(fs.readFileSync(file)), serialize(tensors))).toBe(true);
   });
 

@@ -3,7 +3,7 @@
 ;; are in elements; rows and cols must be multiples of the block edge (8 for 16-bit, 4 for 32-bit).
 ;; dst[c * ds + r] = src[r * ss + c]
 (module
-  (memory (export "memory") 1)
+  (memory (export "memory") 1 32768 shared)
 
   (func (export "transpose16")
     (param $src i32) (param $dst i32) (param $rows i32) (param $cols i32) (param $ss i32) (param $ds i32)

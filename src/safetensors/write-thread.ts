@@ -1,0 +1,118 @@
+import { MessageChannel, type MessagePort, Worker } from "node:worker_threads";
+
+/**
+ * The writer thread's whole program, run as CommonJS source in a worker (so it needs no file beside the
+ * compiled module and works the same from the TypeScript sources under test). It takes jobs off its port
+ * without ever entering an event loop, writes each one fully, and reports it; when there is nothing to do
+ * it sleeps on a shared counter the main thread bumps after each job it posts.
+ */
+function writerThreadMain(require: (id: string) => unknown): void {
+  type Job = { id: number; fd: number; position: number; offset: number; length: number };
+  const threads = require("node:worker_threads") as typeof import("node:worker_threads");
+  const fs = require("node:fs") as typeof import("node:fs");
+  const { memory, signal, jobs } = threads.workerData as { memory: SharedArrayBuffer; signal: Int32Array; jobs: MessagePort };
+  const bytes = new Uint8Array(memory);
+  let seen = 0;
+  for (;;) {
+    const message = threads.receiveMessageOnPort(jobs);
+    if (!message) {
+      const now = Atomics.load(signal, 0);
+      if (now === seen) Atomics.wait(signal, 0, now);
+      seen = now;
+      continue;
+    }
+    const job = message.message as Job | null;
+    if (job === null) return;
+    let done = 0;
+    try {
+      while (done < job.length) done += fs.writeSync(job.fd, bytes, job.offset + done, job.length - done, job.position + done);
+      threads.parentPort!.postMessage({ id: job.id });
+    } catch (e) {
+      const err = e as NodeJS.ErrnoException;
+      threads.parentPort!.postMessage({ id: job.id, error: { message: err.message, code: err.code } });
+    }
+  }
+}
+
+interface Waiter {
+  resolve(): void;
+  reject(e: Error): void;
+}
+
+/**
+ * One thread that does nothing but positional writes out of a shared memory, in the order they are asked
+ * for. A write issued through the event loop waits for the main thread to hear of the previous one before
+ * the next can start, and the main thread is busy transposing: measured on a 1.2 GB copy, 1 MB writes took
+ * 0.49 s that way and 0.27 s from this thread (`cp` 0.29 s). One thread also means one write per file at a
+ * time, which is all ext4 allows anyway.
+ */
+export class WriteThread {
+  private readonly worker: Worker;
+  private readonly jobs: MessagePort;
+  private readonly signal = new Int32Array(new SharedArrayBuffer(4));
+  private readonly waiting = new Map<number, Waiter>();
+  private nextId = 0;
+  private failure: Error | undefined;
+
+  constructor(readonly memory: SharedArrayBuffer) {
+    const { port1, port2 } = new MessageChannel();
+    this.jobs = port1;
+    this.worker = new Worker(`(${writerThreadMain.toString()})(require)`, {
+      eval: true,
+      workerData: { memory, signal: this.signal, jobs: port2 },
+      transferList: [port2],
+    });
+    this.worker.unref();
+    this.worker.on("message", (m: { id: number; error?: { message: string; code?: string } }) => {
+      const w = this.waiting.get(m.id);
+      if (!w) return;
+      this.waiting.delete(m.id);
+      if (this.waiting.size === 0) this.worker.unref();
+      if (m.error) w.reject(Object.assign(new Error(m.error.message), { code: m.error.code }));
+      else w.resolve();
+    });
+    // The thread has no way to fail but a bug or running out of memory; whatever waits is told so.
+    this.worker.on("error", (e) => this.fail(e instanceof Error ? e : new Error(String(e))));
+    this.worker.on("exit", () => this.fail(new Error("internal: the writer thread stopped")));
+  }
+
+  private fail(e: Error): void {
+    this.failure ??= e;
+    for (const w of this.waiting.values()) w.reject(this.failure);
+    this.waiting.clear();
+  }
+
+  /** Whether `bytes` can be written from this thread: it must live in the shared memory. */
+  holds(bytes: Uint8Array): boolean {
+    return bytes.buffer === this.memory;
+  }
+
+  /** Write all of `bytes` (which the thread `holds`) to `fd` at `position`; settles once it is written. */
+  write(fd: number, bytes: Uint8Array, position: number): Promise<void> {
+    if (this.failure) return Promise.reject(this.failure);
+    const id = this.nextId++;
+    const done = new Promise<void>((resolve, reject) => this.waiting.set(id, { resolve, reject }));
+    // Referenced only while a write is outstanding: an idle writer must not keep the process alive.
+    if (this.waiting.size === 1) this.worker.ref();
+    this.jobs.postMessage({ id, fd, position, offset: bytes.byteOffset, length: bytes.byteLength });
+    Atomics.add(this.signal, 0, 1);
+    Atomics.notify(this.signal, 0);
+    return done;
+  }
+}
+
+let shared: WriteThread | undefined;
+
+/** The process's writer thread for buffers in `memory`, started on first use. */
+export function writeThreadFor(memory: ArrayBufferLike): WriteThread | undefined {
+  if (!(memory instanceof SharedArrayBuffer)) return undefined;
+  if (shared?.memory !== memory) {
+    try {
+      shared = new WriteThread(memory);
+    } catch {
+      // No thread to be had (a resource limit): the event loop's own writes still work, only slower.
+      return undefined;
+    }
+  }
+  return shared;
+}

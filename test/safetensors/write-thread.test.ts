@@ -1,0 +1,57 @@
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { BufferPool } from "../../src/convert/buffer-pool.js";
+import { writeThreadFor } from "../../src/safetensors/write-thread.js";
+import { kernelArena } from "../../src/tensor/wasm/kernels.js";
+import { seededRandom, shuffle } from "../helpers/random.js";
+
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), "omni-write-thread-"));
+afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+const arena = kernelArena(0);
+
+describe.runIf(arena !== undefined)("the writer thread", () => {
+  it("is only offered for buffers in the shared arena", () => {
+    expect(writeThreadFor(new ArrayBuffer(8))).toBeUndefined();
+    expect(writeThreadFor(new SharedArrayBuffer(8))).not.toBe(writeThreadFor(arena!));
+    expect(writeThreadFor(arena!)?.holds(new BufferPool().acquire(8))).toBe(true);
+  });
+
+  it("writes every byte where it was asked to, whatever order the writes come in", async () => {
+    const pool = new BufferPool();
+    const thread = writeThreadFor(arena!)!;
+    const file = path.join(dir, "out.bin");
+    const fd = fs.openSync(file, "w");
+    const size = 64;
+    const expected = new Uint8Array(200 * size);
+    const order = shuffle(Array.from({ length: 200 }, (_, i) => i), seededRandom(5));
+    const bufs = order.map((i) => {
+      const b = pool.acquire(size);
+      b.fill(i & 0xff);
+      expected.fill(i & 0xff, i * size, (i + 1) * size);
+      return { i, b };
+    });
+    await Promise.all(bufs.map(({ i, b }) => thread.write(fd, b, i * size)));
+    fs.closeSync(fd);
+    for (const { b } of bufs) pool.release(b);
+    expect(new Uint8Array(fs.readFileSync(file))).toEqual(expected);
+  });
+
+  it("a failed write rejects with the system's error code, and the thread goes on with the next", async () => {
+    const pool = new BufferPool();
+    const thread = writeThreadFor(arena!)!;
+    const file = path.join(dir, "read-only.bin");
+    fs.writeFileSync(file, "");
+    const readOnly = fs.openSync(file, "r");
+    const b = pool.acquire(16).fill(7);
+    await expect(thread.write(readOnly, b, 0)).rejects.toMatchObject({ code: "EBADF" });
+    fs.closeSync(readOnly);
+    const fd = fs.openSync(file, "w");
+    await thread.write(fd, b, 4);
+    fs.closeSync(fd);
+    pool.release(b);
+    expect([...fs.readFileSync(file)]).toEqual([0, 0, 0, 0, ...new Array(16).fill(7)]);
+  });
+});
