@@ -56,6 +56,10 @@ export function checkpointSource(ckpt: Checkpoint): TensorSource {
       const t = get(name);
       return t.file.readRange(t.entry, offset, buf);
     },
+    readSync: (name, offset, buf) => {
+      const t = get(name);
+      t.file.readRangeSync(t.entry, offset, buf);
+    },
   };
 }
 

@@ -9,6 +9,11 @@ import { BufferPool } from "./buffer-pool.js";
 export interface TensorSource {
   info(name: string): TensorInfo;
   read(name: string, offset: number, buf: Uint8Array): Promise<void>;
+  /**
+   * The same read, done before returning. A stream prefers it: from the page cache a read is a copy the
+   * main thread does faster itself than by handing it to another thread and waiting to hear it is done.
+   */
+  readSync?(name: string, offset: number, buf: Uint8Array): void;
   /** The bytes in place, without a copy, when the source holds them in memory. */
   view?(name: string, offset: number, length: number): Uint8Array | undefined;
 }
@@ -37,8 +42,12 @@ export interface StreamOptions {
  */
 const CHUNK_BYTES = 1024 * 1024;
 
-/** Chunk writes allowed in flight while the next chunk is read and transformed. */
-const MAX_PENDING_WRITES = 3;
+/**
+ * Chunk writes allowed in flight while the next chunk is read and transformed: enough that the writer
+ * thread always has the next one queued, though the main thread only hears that a write is done when it
+ * next waits.
+ */
+const MAX_PENDING_WRITES = 6;
 
 interface PieceTask {
   readonly src: string;
@@ -236,6 +245,10 @@ export async function streamTensors(
     const regions: (Uint8Array | undefined)[] = chunk.pieces.map(() => undefined);
     const held: Uint8Array[] = [];
     const reads: Promise<void>[] = [];
+    const read = (name: string, offset: number, into: Uint8Array): void => {
+      if (source.readSync) source.readSync(name, offset, into);
+      else reads.push(source.read(name, offset, into));
+    };
     let failure: { reason: unknown } | undefined;
     try {
       for (const run of readRuns(chunk)) {
@@ -245,10 +258,10 @@ export async function streamTensors(
           const p = chunk.pieces[i]!;
           regions[i] = region.subarray(p.srcByteStart - run.start, p.srcByteStart - run.start + p.srcByteLength);
         }
-        reads.push(source.read(run.src, run.start, region));
+        read(run.src, run.start, region);
       }
       for (const p of chunk.pieces) {
-        if (p.directAt !== undefined) reads.push(source.read(p.src, p.srcByteStart, buf.subarray(p.directAt, p.directAt + p.srcByteLength)));
+        if (p.directAt !== undefined) read(p.src, p.srcByteStart, buf.subarray(p.directAt, p.directAt + p.srcByteLength));
       }
     } catch (reason) {
       failure = { reason };
@@ -270,11 +283,15 @@ export async function streamTensors(
     next = r.done ? undefined : prepare(r.value);
     next?.catch(() => undefined);
   };
+  // Reads in flight overlap this chunk's transform; reads done in place would only hold back its write.
+  const readAheadFirst = source.readSync === undefined;
   try {
     startNext();
     while (next) {
-      const { chunk, buf, regions, held } = await next;
-      startNext();
+      const current = next;
+      next = undefined;
+      const { chunk, buf, regions, held } = await current;
+      if (readAheadFirst) startNext();
       let written: Promise<void>;
       try {
         chunk.pieces.forEach((p, i) => {
@@ -291,6 +308,7 @@ export async function streamTensors(
       const w = written.finally(() => pool.release(buf)).then(() => options.onProgress?.(chunk.byteLength, chunk.tensorsCompleted));
       w.catch(() => undefined);
       pending.push(w);
+      if (!readAheadFirst) startNext();
       while (pending.length > MAX_PENDING_WRITES) await pending.shift();
     }
     await Promise.all(pending);

@@ -76,3 +76,47 @@ describe("streamTensors when something fails", () => {
     expect(arenaAllFree()).toBe(true);
   });
 });
+
+describe("streamTensors from a source that reads in place", () => {
+  // Each input element is its own index plus a per-tensor offset, so the grouped output is predictable.
+  const fill = (name: string, buf: Uint8Array): void => {
+    const v = new Uint16Array(buf.buffer, buf.byteOffset, buf.byteLength / 2);
+    for (let i = 0; i < v.length; i++) v[i] = (name === "a" ? 0 : 0x4000) + i;
+  };
+  const syncSource = (readSync: (name: string, buf: Uint8Array) => void): TensorSource => ({
+    info: () => ({ dtype: "BF16", shape: [N, N] }),
+    read: () => Promise.reject(new Error("internal: the stream should have read in place")),
+    readSync: (name, _offset, buf) => readSync(name, buf),
+  });
+
+  it("uses readSync and builds the same transposed bytes", async () => {
+    const out = new Uint16Array(2 * N * N);
+    await streamTensors([grouped], syncSource(fill), {
+      write: async (_name, offset, bytes) => void out.set(new Uint16Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength)), offset / 2),
+    });
+    for (let t = 0; t < 2; t++) {
+      for (let r = 0; r < N; r++) {
+        for (let c = 0; c < N; c++) expect(out[t * N * N + r * N + c]).toBe((t === 0 ? 0 : 0x4000) + c * N + r);
+      }
+    }
+    expect(arenaAllFree()).toBe(true);
+  });
+
+  it("a read that throws gives back every buffer, with writes of earlier chunks still in flight", async () => {
+    // Enough tensors for several chunks, so the failure comes while earlier writes are pending.
+    const many: PlannedTensor[] = Array.from({ length: 40 }, (_, i) => ({ ...grouped, name: `g${i}`, pieces: grouped.pieces.map((p) => ({ ...p, src: `${p.src}${i}` })) }));
+    let writes = 0;
+    const run = streamTensors(
+      many,
+      syncSource((name, buf) => {
+        if (name === "b30") throw new RangeError("b30: file shrank");
+        fill(name, buf);
+      }),
+      { write: async () => void (await delay(1), writes++) },
+    );
+    await expect(run).rejects.toThrow("b30: file shrank");
+    expect(writes).toBeGreaterThan(0);
+    expect(arenaAllFree()).toBe(true);
+  });
+});
+
