@@ -59,10 +59,11 @@ export class WriteThread {
     this.jobs = port1;
     this.worker = new Worker(`(${writerThreadMain.toString()})(require)`, {
       eval: true,
+      // The parent's flags would carry over, and with `--input-type=module` this source would not be CommonJS.
+      execArgv: [],
       workerData: { memory, signal: this.signal, jobs: port2 },
       transferList: [port2],
     });
-    this.worker.unref();
     this.worker.on("message", (m: { id: number; error?: { message: string; code?: string } }) => {
       const w = this.waiting.get(m.id);
       if (!w) return;
@@ -74,6 +75,8 @@ export class WriteThread {
     // The thread has no way to fail but a bug or running out of memory; whatever waits is told so.
     this.worker.on("error", (e) => this.fail(e instanceof Error ? e : new Error(String(e))));
     this.worker.on("exit", () => this.fail(new Error("internal: the writer thread stopped")));
+    // After the listeners: adding one refs the worker again.
+    this.worker.unref();
   }
 
   private fail(e: Error): void {

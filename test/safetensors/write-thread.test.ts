@@ -1,3 +1,4 @@
+import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -5,6 +6,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { BufferPool } from "../../src/convert/buffer-pool.js";
 import { writeThreadFor } from "../../src/safetensors/write-thread.js";
 import { kernelArena } from "../../src/tensor/wasm/kernels.js";
+import { repoRoot } from "../helpers/fixtures.js";
 import { seededRandom, shuffle } from "../helpers/random.js";
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "omni-write-thread-"));
@@ -54,4 +56,20 @@ describe.runIf(arena !== undefined)("the writer thread", () => {
     pool.release(b);
     expect([...fs.readFileSync(file)]).toEqual([0, 0, 0, 0, ...new Array(16).fill(7)]);
   });
+
+  it("never keeps a process alive: one that started the thread and wrote nothing, or wrote and is done, exits", () => {
+    const module = path.join(repoRoot, "dist/src/safetensors/write-thread.js");
+    const pool = path.join(repoRoot, "dist/src/convert/buffer-pool.js");
+    const idle = `import { BufferPool } from ${JSON.stringify(pool)}; new BufferPool().startWriter();`;
+    const used =
+      `import * as fs from "node:fs"; import { BufferPool } from ${JSON.stringify(pool)}; import { writeThreadFor } from ${JSON.stringify(module)};` +
+      `const b = new BufferPool().acquire(4); const fd = fs.openSync(${JSON.stringify(path.join(dir, "exit.bin"))}, "w");` +
+      `await writeThreadFor(b.buffer).write(fd, b, 0); fs.closeSync(fd);`;
+    for (const script of [idle, used]) {
+      const r = spawnSync(process.execPath, ["--input-type=module", "-e", script], { timeout: 10_000, encoding: "utf8" });
+      expect(r.signal, r.stderr).toBeNull();
+      expect(r.status, r.stderr).toBe(0);
+    }
+  });
 });
+
