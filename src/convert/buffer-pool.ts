@@ -1,3 +1,4 @@
+import { writeThreadFor } from "../safetensors/write-thread.js";
 import { kernelArena } from "../tensor/wasm/kernels.js";
 
 /**
@@ -85,5 +86,14 @@ export class BufferPool {
   release(buf: Uint8Array): void {
     const a = arena();
     if (a && buf.buffer === a.buffer) a.release(buf);
+  }
+
+  /**
+   * Start the thread that writes this pool's buffers now. Its start-up takes ~30 ms, which overlaps the
+   * planning that precedes the first write instead of delaying that write.
+   */
+  startWriter(): void {
+    const a = arena();
+    if (a) writeThreadFor(a.buffer);
   }
 }

@@ -5,6 +5,7 @@ import { CONFIG_FILE, Checkpoint } from "../safetensors/checkpoint.js";
 import { DEFAULT_MAX_SHARD_SIZE, ShardedWriter, checkShardOnDisk, writeFileDurably } from "../safetensors/sharded-writer.js";
 import type { TensorInfo } from "../tensor/tensor.js";
 import { copyAuxFiles, listAuxFiles } from "./aux-files.js";
+import { BufferPool } from "./buffer-pool.js";
 import type { Layout } from "./layout.js";
 import { OutputFolder } from "./output-folder.js";
 import { type ConversionPlan, type ConvertOptions, planConversion, planInput } from "./planner.js";
@@ -73,6 +74,7 @@ export async function convertCheckpoint(req: ConvertRequest): Promise<ConvertSum
   if (req.maxShardSize !== undefined && !(Number.isSafeInteger(req.maxShardSize) && req.maxShardSize > 0)) {
     throw new UsageError(`the largest shard must be a positive whole number of bytes, got ${req.maxShardSize}`);
   }
+  new BufferPool().startWriter();
   const ckpt = Checkpoint.open(req.src, req.followSymlinks ? { followSymlinks: true } : {});
   try {
     if (ckpt.dir === undefined) throw new InputError(`${req.src}: convert needs a checkpoint folder (with config.json), not a single file`);
