@@ -10,7 +10,9 @@ import { synthesize } from "../src/synth/synth.js";
  * alternating, it times `cp -r` of the synthetic `bench` checkpoint (~1 GB, real-model proportions),
  * `convert --to native` of it and `convert --to hf` of that result, then does the same once at 4× the
  * size. Prints medians, ratios to `cp -r`, throughput and the converter's peak RSS. Every timed run starts
- * with its input freshly read into the page cache and no writeback pending.
+ * with its input freshly read into the page cache and no writeback pending. A conversion syncs its output
+ * to disk before renaming it into place, which `cp -r` does not, so each round also times `cp -r` followed
+ * by `sync` of the copy: the floor for writing the same bytes durably, shown as a second ratio.
  */
 
 const cli = path.join(path.dirname(fileURLToPath(import.meta.url)), "../src/cli/bin.js");
@@ -67,6 +69,8 @@ function warm(dir: string): void {
  * back costs up to ~10× the system time of reusing freed pages (perf: the time sits in the kernel's copy
  * into new page-cache pages). The host may take the scratch back too; this only evens the odds.
  */
+const EQUALIZE_MARGIN = 256 * 1024 * 1024;
+
 function equalizeMemory(bytes: number): void {
   const scratch = path.join(work, "scratch");
   const fd = fs.openSync(scratch, "w");
@@ -83,7 +87,8 @@ function equalizeMemory(bytes: number): void {
  */
 function settle(input: string): void {
   spawnSync("sync");
-  equalizeMemory(dirBytes(input));
+  // What the command writes, plus room for a converter's own memory, so neither side starts short.
+  equalizeMemory(dirBytes(input) + EQUALIZE_MARGIN);
   warm(input);
 }
 
@@ -104,23 +109,41 @@ function clear(p: string): void {
 const convert = (to: string, src: string, dst: string): Sample =>
   timed(src, process.execPath, ["--import", RSS_HOOK, cli, "convert", "--to", to, "--quiet", src, dst]);
 
+interface Round {
+  readonly cpHf: Sample;
+  /** `cp -r` then `sync` of what it wrote: the same bytes made durable, as a conversion makes its output. */
+  readonly durableHf: Sample;
+  readonly native: Sample;
+  readonly cpNative: Sample;
+  readonly durableNative: Sample;
+  readonly hf: Sample;
+}
+
+/** `cp -r` followed by coreutils' `sync` of each file written and of the folder (fsync). */
+const durableCopy = (src: string, dst: string): Sample =>
+  timed(src, "sh", ["-c", 'cp -r "$1" "$2" && sync "$2"/* "$2"', "sh", src, dst]);
+
 /**
  * One round: each conversion is compared with `cp -r` of its own input folder, run just before it in the
  * same state (for `--to hf` that input is the native folder the round just wrote).
  */
-function runRound(src: string): { cpHf: Sample; native: Sample; cpNative: Sample; hf: Sample } {
+function runRound(src: string): Round {
   const copy = path.join(work, "copy");
   const native = path.join(work, "native");
   const hf = path.join(work, "hf");
   for (const p of [copy, native, hf]) clear(p);
   const cpHf = timed(src, "cp", ["-r", src, copy]);
   clear(copy);
+  const durableHf = durableCopy(src, copy);
+  clear(copy);
   const n = convert("native", src, native);
   const cpNative = timed(native, "cp", ["-r", native, copy]);
   clear(copy);
+  const durableNative = durableCopy(native, copy);
+  clear(copy);
   const h = convert("hf", native, hf);
   for (const p of [native, hf]) clear(p);
-  return { cpHf, native: n, cpNative, hf: h };
+  return { cpHf, durableHf, native: n, cpNative, durableNative, hf: h };
 }
 
 const median = (xs: number[]): number => {
@@ -140,16 +163,21 @@ async function main(): Promise<void> {
   const samples = Array.from({ length: rounds }, () => runRound(base));
 
   const rows: string[][] = [];
-  const row = (what: string, xs: Sample[], cps: Sample[]): void => {
+  const row = (what: string, xs: Sample[], cps: Sample[], durables: Sample[]): void => {
     const t = median(xs.map((x) => x.seconds));
-    const cp = median(cps.map((x) => x.seconds));
+    const ratio = (ys: Sample[]): string => `${(t / median(ys.map((y) => y.seconds))).toFixed(2)}×`;
     const rss = Math.max(...xs.map((x) => x.maxRssBytes ?? 0));
-    rows.push([what, fmt(t), `${(t / cp).toFixed(2)}×`, `${(bytes / t / 1e6).toFixed(0)} MB/s`, rss ? mb(rss) : "-"]);
+    const all = xs.map((x) => x.seconds);
+    const range = `${Math.min(...all).toFixed(2)}–${Math.max(...all).toFixed(2)} s`;
+    rows.push([what, fmt(t), range, ratio(cps), ratio(durables), `${(bytes / t / 1e6).toFixed(0)} MB/s`, rss ? mb(rss) : "-"]);
   };
-  row("cp -r (HF folder)", samples.map((s) => s.cpHf), samples.map((s) => s.cpHf));
-  row("convert --to native", samples.map((s) => s.native), samples.map((s) => s.cpHf));
-  row("cp -r (native folder)", samples.map((s) => s.cpNative), samples.map((s) => s.cpNative));
-  row("convert --to hf", samples.map((s) => s.hf), samples.map((s) => s.cpNative));
+  const pick = (k: keyof Round): Sample[] => samples.map((s) => s[k]);
+  row("cp -r (HF folder)", pick("cpHf"), pick("cpHf"), pick("durableHf"));
+  row("cp -r + sync (HF folder)", pick("durableHf"), pick("cpHf"), pick("durableHf"));
+  row("convert --to native", pick("native"), pick("cpHf"), pick("durableHf"));
+  row("cp -r (native folder)", pick("cpNative"), pick("cpNative"), pick("durableNative"));
+  row("cp -r + sync (native folder)", pick("durableNative"), pick("cpNative"), pick("durableNative"));
+  row("convert --to hf", pick("hf"), pick("cpNative"), pick("durableNative"));
 
   const big = await checkpoint(4);
   const bigBytes = dirBytes(big);
@@ -159,10 +187,10 @@ async function main(): Promise<void> {
     const t1 = median(xs.map((x) => x.seconds));
     bigRows.push([what, fmt(s.seconds), `${(s.seconds / cp.seconds).toFixed(2)}×`, `${(s.seconds / t1).toFixed(2)}×`, s.maxRssBytes ? mb(s.maxRssBytes) : "-"]);
   };
-  one("cp -r (HF folder)", once.cpHf, once.cpHf, samples.map((s) => s.cpHf));
-  one("convert --to native", once.native, once.cpHf, samples.map((s) => s.native));
-  one("cp -r (native folder)", once.cpNative, once.cpNative, samples.map((s) => s.cpNative));
-  one("convert --to hf", once.hf, once.cpNative, samples.map((s) => s.hf));
+  one("cp -r (HF folder)", once.cpHf, once.cpHf, pick("cpHf"));
+  one("convert --to native", once.native, once.cpHf, pick("native"));
+  one("cp -r (native folder)", once.cpNative, once.cpNative, pick("cpNative"));
+  one("convert --to hf", once.hf, once.cpNative, pick("hf"));
   clear(work);
 
   // The real model's shapes (68 GB, sparse): how long header-only work takes at full scale.
@@ -187,7 +215,7 @@ async function main(): Promise<void> {
   const out = process.stdout;
   out.write(`\nomni-ckpt bench — ${os.cpus().length} cores, Node ${process.version}, page cache warm, median of ${rounds} alternating runs\n`);
   out.write(`checkpoint: synthetic "bench" preset, ${mb(bytes)} (largest output tensor ${mb(largest)})\n\n`);
-  out.write(`${table(["", "median", "vs cp -r of its input", "throughput", "peak RSS"], rows)}\n\n`);
+  out.write(`${table(["", "median", "range", "vs cp -r of its input", "vs cp -r + sync", "throughput", "peak RSS"], rows)}\n\n`);
   out.write(`same checkpoint at 4× (${mb(bigBytes)}), one run each:\n\n`);
   out.write(`${table(["", "time", "vs cp -r of its input", "vs 1× run", "peak RSS"], bigRows)}\n\n`);
   out.write(`inspect of the real model's shapes (nano-omni-30b, ${mb(dirBytes(real))} sparse, 14 shards): ${fmt(median(inspectTimes))}, headers only\n`);
