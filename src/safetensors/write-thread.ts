@@ -1,4 +1,5 @@
 import { MessageChannel, type MessagePort, Worker } from "node:worker_threads";
+import { inArena } from "../tensor/wasm/kernels.js";
 
 /**
  * The writer thread's whole program, run as CommonJS source in a worker (so it needs no file beside the
@@ -85,12 +86,7 @@ export class WriteThread {
     this.waiting.clear();
   }
 
-  /** Whether `bytes` can be written from this thread: it must live in the shared memory. */
-  holds(bytes: Uint8Array): boolean {
-    return bytes.buffer === this.memory;
-  }
-
-  /** Write all of `bytes` (which the thread `holds`) to `fd` at `position`; settles once it is written. */
+  /** Write all of `bytes` (a view of the thread's memory) to `fd` at `position`; settles once it is written. */
   write(fd: number, bytes: Uint8Array, position: number): Promise<void> {
     if (this.failure) return Promise.reject(this.failure);
     const id = this.nextId++;
@@ -104,18 +100,21 @@ export class WriteThread {
   }
 }
 
-let shared: WriteThread | undefined;
+let shared: WriteThread | null | undefined;
 
-/** The process's writer thread for buffers in `memory`, started on first use. */
+/**
+ * The process's writer thread, started on first use, when `memory` is the kernels' arena (shared memory
+ * everything in a stream is carved from); for any other memory, undefined.
+ */
 export function writeThreadFor(memory: ArrayBufferLike): WriteThread | undefined {
-  if (!(memory instanceof SharedArrayBuffer)) return undefined;
-  if (shared?.memory !== memory) {
+  if (!(memory instanceof SharedArrayBuffer) || !inArena(memory)) return undefined;
+  if (shared === undefined) {
     try {
       shared = new WriteThread(memory);
     } catch {
       // No thread to be had (a resource limit): the event loop's own writes still work, only slower.
-      return undefined;
+      shared = null;
     }
   }
-  return shared;
+  return shared ?? undefined;
 }
