@@ -22,8 +22,7 @@ function writerThreadMain(require: (id: string) => unknown): void {
       seen = now;
       continue;
     }
-    const job = message.message as Job | null;
-    if (job === null) return;
+    const job = message.message as Job;
     let done = 0;
     try {
       while (done < job.length) done += fs.writeSync(job.fd, bytes, job.offset + done, job.length - done, job.position + done);
@@ -80,6 +79,11 @@ export class WriteThread {
     this.worker.unref();
   }
 
+  /** False once the thread has died: what was waiting failed, and later writes should go another way. */
+  get alive(): boolean {
+    return this.failure === undefined;
+  }
+
   private fail(e: Error): void {
     this.failure ??= e;
     for (const w of this.waiting.values()) w.reject(this.failure);
@@ -108,7 +112,7 @@ let shared: WriteThread | null | undefined;
  */
 export function writeThreadFor(memory: ArrayBufferLike): WriteThread | undefined {
   if (!(memory instanceof SharedArrayBuffer) || !inArena(memory)) return undefined;
-  if (shared === undefined) {
+  if (shared === undefined || (shared !== null && !shared.alive)) {
     try {
       shared = new WriteThread(memory);
     } catch {

@@ -4,7 +4,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { BufferPool } from "../../src/convert/buffer-pool.js";
-import { writeThreadFor } from "../../src/safetensors/write-thread.js";
+import { WriteThread, writeThreadFor } from "../../src/safetensors/write-thread.js";
 import { kernelArena } from "../../src/tensor/wasm/kernels.js";
 import { repoRoot } from "../helpers/fixtures.js";
 import { seededRandom, shuffle } from "../helpers/random.js";
@@ -58,6 +58,40 @@ describe.runIf(arena !== undefined)("the writer thread", () => {
     fs.closeSync(fd);
     pool.release(b);
     expect([...fs.readFileSync(file)]).toEqual([0, 0, 0, 0, ...new Array(16).fill(7)]);
+  });
+
+  it("a thread that dies fails what waits on it and every later write, instead of leaving them hanging", async () => {
+    const pool = new BufferPool();
+    const thread = new WriteThread(arena!);
+    const worker = (thread as unknown as { worker: import("node:worker_threads").Worker }).worker;
+    const fd = fs.openSync(path.join(dir, "dies.bin"), "w");
+    const b = pool.acquire(1 << 20).fill(3);
+    const stopped = new Promise((resolve) => worker.once("exit", resolve));
+    // Either written before the thread stops or failed by its stopping, never left pending.
+    const inFlight = Promise.allSettled(Array.from({ length: 50 }, (_, i) => thread.write(fd, b, i << 20)));
+    await worker.terminate();
+    await stopped;
+    expect((await inFlight).length).toBe(50);
+    expect(thread.alive).toBe(false);
+    await expect(thread.write(fd, b, 0)).rejects.toThrow("internal: the writer thread stopped");
+    fs.closeSync(fd);
+    pool.release(b);
+    // The process's own thread is another one; if it dies, the next caller gets a new one.
+    const own = writeThreadFor(arena!)!;
+    expect(own.alive).toBe(true);
+    const ownWorker = (own as unknown as { worker: import("node:worker_threads").Worker }).worker;
+    const ownStopped = new Promise((resolve) => ownWorker.once("exit", resolve));
+    await ownWorker.terminate();
+    await ownStopped;
+    const next = writeThreadFor(arena!)!;
+    expect(next).not.toBe(own);
+    const out = path.join(dir, "after.bin");
+    const fd2 = fs.openSync(out, "w");
+    const small = pool.acquire(4).fill(9);
+    await next.write(fd2, small, 0);
+    fs.closeSync(fd2);
+    pool.release(small);
+    expect([...fs.readFileSync(out)]).toEqual([9, 9, 9, 9]);
   });
 
   it("never keeps a process alive: one that started the thread and wrote nothing, or wrote and is done, exits", () => {
