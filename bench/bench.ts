@@ -223,7 +223,7 @@ async function main(): Promise<void> {
   out.write(`${table([...columns, "peak RSS"], rows)}\n\n`);
   out.write(`same checkpoint at 4× (${mb(bigBytes)}), median of ${bigRounds} alternating runs:\n\n`);
   out.write(`${table([...columns, "vs 1× median", "peak RSS"], bigRows)}\n\n`);
-  out.write(`inspect of the real model's shapes (nano-omni-30b, ${mb(dirBytes(real))} sparse, 14 shards): ${fmt(median(inspectTimes))}, headers only\n`);
+  out.write(`inspect of the real model's shapes (nano-omni-30b, ${mb(dirBytes(real))} sparse, ${fs.readdirSync(real).filter((f) => f.endsWith(".safetensors")).length} shards): ${fmt(median(inspectTimes))}, headers only\n`);
 }
 
 /** The largest tensor a conversion of the bench model writes: one grouped expert tensor. */

@@ -10,8 +10,9 @@ import {
 } from "./writer.js";
 import { byteLength } from "../tensor/tensor.js";
 
-/** Hugging Face's default `max_shard_size`. */
-export const DEFAULT_MAX_SHARD_SIZE = 5_000_000_000;
+import { DEFAULT_MAX_SHARD_SIZE } from "./shard-size.js";
+
+export { DEFAULT_MAX_SHARD_SIZE };
 
 export interface ShardPlan {
   readonly file: string;

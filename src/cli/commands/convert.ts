@@ -3,6 +3,7 @@ import type { ExpertActivation } from "../../adapters/moe-experts.js";
 import type { ConvertSummary } from "../../convert/convert.js";
 import { type Layout, layoutShortName } from "../../convert/layout.js";
 import { UsageError } from "../../errors.js";
+import { DEFAULT_MAX_SHARD_SIZE_FLAG } from "../../safetensors/shard-size.js";
 import { formatBytes, formatCount, formatRate, formatSeconds, intFlag, parseSize } from "../format.js";
 import { printJson, say, warn, warnList } from "../output.js";
 import { Progress } from "../progress.js";
@@ -46,7 +47,7 @@ export function registerConvert(program: Command): void {
     .option("--exclude <regex>", "drop tensors whose name matches this Python-style regex at its start (to hf)")
     .option("--v4-compatible", "write expert LoRA per expert (PEFT v4) instead of the fused ParamWrapper form (to hf)")
     .option("--expert-activation <act>", "expert activation: relu2 (this model) or a gated one (swiglu, geglu, …)")
-    .option("--max-shard-size <size>", "largest shard, e.g. 5GB, 500MB, 100KB", "5GB")
+    .option("--max-shard-size <size>", "largest shard, e.g. 5GB, 500MB, 100KB", DEFAULT_MAX_SHARD_SIZE_FLAG)
     .option("--force", "replace DST if it exists")
     .option("--follow-symlinks", "allow shards and files that are symlinks leading outside SRC")
     .option("-q, --quiet", "print nothing but errors")

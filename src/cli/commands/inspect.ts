@@ -1,6 +1,7 @@
 import type { Command } from "commander";
 import type { InspectReport } from "../../convert/inspect.js";
 import { layoutName, layoutShortName } from "../../convert/layout.js";
+import { DEFAULT_MAX_SHARD_SIZE_FLAG } from "../../safetensors/shard-size.js";
 import { formatBytes, formatCount, table } from "../format.js";
 import { printJson, say } from "../output.js";
 
@@ -32,7 +33,7 @@ function render(r: InspectReport): string {
     lines.push("");
     const to = layoutShortName(r.convert.to);
     if ("error" in r.convert) lines.push(`convert --to ${r.convert.to}: not possible: ${r.convert.error}`);
-    else lines.push(`convert --to ${r.convert.to} would write ${formatCount(r.convert.tensors)} ${to} tensors, ${formatBytes(r.convert.bytes)} in ${r.convert.files} file${r.convert.files === 1 ? "" : "s"} (5 GB shards)`);
+    else lines.push(`convert --to ${r.convert.to} would write ${formatCount(r.convert.tensors)} ${to} tensors, ${formatBytes(r.convert.bytes)} in ${r.convert.files} file${r.convert.files === 1 ? "" : "s"} (${DEFAULT_MAX_SHARD_SIZE_FLAG} shards)`);
   }
   return lines.join("\n");
 }

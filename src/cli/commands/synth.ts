@@ -1,6 +1,7 @@
 import type { Command } from "commander";
 import { PRESETS } from "../../synth/presets.js";
 import { UsageError } from "../../errors.js";
+import { DEFAULT_MAX_SHARD_SIZE_FLAG } from "../../safetensors/shard-size.js";
 import { formatBytes, formatCount, intFlag, parseSize } from "../format.js";
 import { printJson, say } from "../output.js";
 
@@ -13,7 +14,7 @@ export function registerSynth(program: Command): void {
     .option("--seed <n>", "random seed", "0")
     .option("--dtype <dtype>", "weight dtype: bf16 or f32", "bf16")
     .option("--scale <n>", "repeat the layer pattern N times (N× the size, same tensor sizes)", "1")
-    .option("--max-shard-size <size>", "largest shard, e.g. 5GB, 100KB", "5GB")
+    .option("--max-shard-size <size>", "largest shard, e.g. 5GB, 100KB", DEFAULT_MAX_SHARD_SIZE_FLAG)
     .option("--sparse", "write real headers but leave the data as holes (zeros): full size, no disk space")
     .option("--force", "replace DIR if it exists")
     .option("--json", "print a machine-readable summary")
