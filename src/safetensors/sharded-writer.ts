@@ -9,9 +9,9 @@ import {
   WriteError,
 } from "./writer.js";
 import { byteLength } from "../tensor/tensor.js";
-
 import { DEFAULT_MAX_SHARD_SIZE } from "./shard-size.js";
 
+// Still exported from here, where library callers have always found it.
 export { DEFAULT_MAX_SHARD_SIZE };
 
 export interface ShardPlan {

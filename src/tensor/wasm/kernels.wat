@@ -3,6 +3,7 @@
 ;; are in elements; rows and cols must be multiples of the block edge (8 for 16-bit, 4 for 32-bit).
 ;; dst[c * ds + r] = src[r * ss + c]
 (module
+  ;; Shared, so the writer thread can write chunks straight out of it; at most 2 GB, the arena's size.
   (memory (export "memory") 1 32768 shared)
 
   (func (export "transpose16")
