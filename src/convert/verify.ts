@@ -44,7 +44,6 @@ export interface VerifyOptions {
 const COMPARE_CHUNK = 16 * 1024 * 1024;
 const MAX_PROBLEMS = 20;
 
-/** Same values once both are widened to float64 (NaN equal to NaN): an exact upcast. */
 /** Whether two runs of float elements hold the same values (any NaN equal to any NaN). */
 function sameValues(a: Uint8Array, aType: DType, b: Uint8Array, bType: DType): boolean {
   const x = toFloat64(a, aType);
