@@ -1,17 +1,11 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { convertCheckpoint } from "../../src/convert/convert.js";
 import { UsageError } from "../../src/errors.js";
-import { synthesize } from "../../src/synth/synth.js";
-import { tempDir } from "../helpers/cli.js";
+import { tinyCheckpoint } from "../helpers/tiny.js";
 
-const work = tempDir();
-const hf = path.join(work, "hf");
-afterAll(() => fs.rmSync(work, { recursive: true, force: true }));
-beforeAll(async () => {
-  await synthesize(hf, { preset: "tiny" });
-});
+const { work, hf } = tinyCheckpoint();
 
 describe("convertCheckpoint", () => {
   it.each([0, -1, 1.5, Number.NaN])("refuses maxShardSize %s before touching the destination's folder", async (maxShardSize) => {

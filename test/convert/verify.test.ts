@@ -1,6 +1,6 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { convertCheckpoint } from "../../src/convert/convert.js";
 import { verifyCheckpoint } from "../../src/convert/verify.js";
 import { SafetensorsFile } from "../../src/safetensors/file.js";
@@ -8,16 +8,10 @@ import { serialize } from "../../src/safetensors/writer.js";
 import { castInto } from "../../src/tensor/cast.js";
 import type { Tensor } from "../../src/tensor/tensor.js";
 import { FormatError } from "../../src/errors.js";
-import { synthesize } from "../../src/synth/synth.js";
 import { arenaAllFree } from "../helpers/arena.js";
-import { tempDir } from "../helpers/cli.js";
+import { tinyCheckpoint } from "../helpers/tiny.js";
 
-const work = tempDir();
-const hf = path.join(work, "hf");
-afterAll(() => fs.rmSync(work, { recursive: true, force: true }));
-beforeAll(async () => {
-  await synthesize(hf, { preset: "tiny" });
-});
+const { work, hf } = tinyCheckpoint();
 
 describe("verifyCheckpoint", () => {
   it("proves a round trip exact, component by component, and gives back every buffer", async () => {

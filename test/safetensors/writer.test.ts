@@ -289,6 +289,20 @@ describe("writing to disk", () => {
     return out;
   }
 
+  /** The tensors declared in the reference serializer's order. */
+  function declaredOf(tensors: ReadonlyMap<string, Tensor>): DeclaredTensor[] {
+    return referenceOrder([...tensors].map(([name, t]) => ({ name, dtype: t.dtype, shape: t.shape })));
+  }
+
+  /** The sample tensors of `seed`, every byte written to a single-shard ShardedWriter in shuffled chunks. */
+  async function filledWriter(seed: number): Promise<{ tensors: Map<string, Tensor>; sw: ShardedWriter }> {
+    const random = seededRandom(seed);
+    const tensors = sampleTensors(random);
+    const sw = new ShardedWriter(dir, declaredOf(tensors));
+    for (const c of chunks(tensors, random)) await sw.write(c.name, c.offset, c.bytes);
+    return { tensors, sw };
+  }
+
   /** Every tensor cut into chunks, all chunks shuffled. */
   function chunks(tensors: ReadonlyMap<string, Tensor>, random: () => number): { name: string; offset: number; bytes: Uint8Array }[] {
     const out: { name: string; offset: number; bytes: Uint8Array }[] = [];
@@ -316,7 +330,7 @@ describe("writing to disk", () => {
     };
     const random = seededRandom(7);
     const tensors = sampleTensors(random);
-    const declared = referenceOrder([...tensors].map(([name, t]) => ({ name, dtype: t.dtype, shape: t.shape })));
+    const declared = declaredOf(tensors);
     const file = path.join(dir, "model.safetensors");
     const w = new SafetensorsFileWriter(file, declared);
     expect(w.size).toBe(w.dataStart + [...tensors.values()].reduce((n, t) => n + t.data.byteLength, 0));
@@ -422,7 +436,7 @@ describe("writing to disk", () => {
   it("ShardedWriter writes shards in random order that Checkpoint.open reads back identically", async () => {
     const random = seededRandom(42);
     const tensors = sampleTensors(random);
-    const declared = referenceOrder([...tensors].map(([name, t]) => ({ name, dtype: t.dtype, shape: t.shape })));
+    const declared = declaredOf(tensors);
     const totalBytes = [...tensors.values()].reduce((n, t) => n + t.data.byteLength, 0);
     const sw = new ShardedWriter(dir, declared, 700);
     expect(sw.plans.length).toBeGreaterThanOrEqual(3);
@@ -483,11 +497,7 @@ describe("writing to disk", () => {
   });
 
   it("ShardedWriter writes a single model.safetensors and no index when everything fits", async () => {
-    const random = seededRandom(3);
-    const tensors = sampleTensors(random);
-    const declared = referenceOrder([...tensors].map(([name, t]) => ({ name, dtype: t.dtype, shape: t.shape })));
-    const sw = new ShardedWriter(dir, declared);
-    for (const c of chunks(tensors, random)) await sw.write(c.name, c.offset, c.bytes);
+    const { tensors, sw } = await filledWriter(3);
     const verified: string[] = [];
     expect(await sw.finish(verifyOnDisk(verified))).toEqual(["model.safetensors"]);
     expect(fs.readdirSync(dir)).toEqual(["model.safetensors"]);
@@ -500,11 +510,7 @@ describe("writing to disk", () => {
   });
 
   it("checkShardOnDisk passes a shard as written and refuses one whose size or header changed on disk", async () => {
-    const random = seededRandom(4);
-    const tensors = sampleTensors(random);
-    const declared = referenceOrder([...tensors].map(([name, t]) => ({ name, dtype: t.dtype, shape: t.shape })));
-    const sw = new ShardedWriter(dir, declared);
-    for (const c of chunks(tensors, random)) await sw.write(c.name, c.offset, c.bytes);
+    const { tensors, sw } = await filledWriter(4);
     const seen: [string, number, number][] = [];
     await sw.finish((file, size, header) => {
       checkShardOnDisk(file, size, header);
