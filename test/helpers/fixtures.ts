@@ -7,9 +7,14 @@ import { seededRandom as uniform } from "./random.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const repoRoot = path.resolve(here, "../..");
-/** `../shared` beside the clone, read-only in CI. */
-export const sharedDir = path.resolve(repoRoot, "../shared");
-export const oracleDir = path.join(sharedDir, "fixtures/oracle");
+/**
+ * The repository's own copy of the ground-truth fixtures (made by the reference Python implementations), so a
+ * clone passes its tests with nothing beside it.
+ */
+export const fixturesDir = path.join(repoRoot, "test/fixtures");
+export const oracleDir = path.join(fixturesDir, "oracle");
+export const consolidateDir = path.join(fixturesDir, "consolidate");
+export const loraDir = path.join(fixturesDir, "lora");
 
 export interface OracleCase {
   readonly name: string;

@@ -4,15 +4,16 @@ import { describe, expect, it } from "vitest";
 import { SafetensorsFile } from "../../src/safetensors/file.js";
 import { serialize } from "../../src/safetensors/writer.js";
 import type { Tensor } from "../../src/tensor/tensor.js";
-import { sharedDir, safetensorsFilesUnder } from "../helpers/fixtures.js";
+import { fixturesDir, oracleDir, safetensorsFilesUnder } from "../helpers/fixtures.js";
 
 /**
- * Every `.safetensors` file under the shared fixtures was written by PyTorch's `safetensors`. Each is read
- * twice, by the library and by a deliberately naive parse below, and the two must agree on every name,
- * dtype, shape and byte; then re-serializing the tensors must give back the file byte for byte.
+ * Every `.safetensors` file under the fixtures is read twice, by the library and by a deliberately naive
+ * parse below, and the two must agree on every name, dtype, shape and byte. The oracle's files were written
+ * by PyTorch's `safetensors`, whose layout our serializer reproduces, so re-serializing them must give back
+ * the file byte for byte; the consolidation fixtures were written by DCP's and Automodel's writers, which
+ * order tensors and metadata their own way, so for them only the reading is checked.
  */
 
-const fixturesDir = path.join(sharedDir, "fixtures");
 
 
 interface NaiveEntry {
@@ -57,9 +58,9 @@ const ITEM: Record<string, number> = { F64: 8, I64: 8, U64: 8, F32: 4, I32: 4, U
 
 const files = safetensorsFilesUnder(fixturesDir);
 
-describe("fixture files written by PyTorch", () => {
+describe("fixture files", () => {
   it("finds the fixture tree", () => {
-    // 32 files at the time of writing; a vanished tree must not make the suite pass vacuously.
+    // 57 files at the time of writing (32 of the oracle); a vanished tree must not make the suite pass vacuously.
     expect(files.length).toBeGreaterThanOrEqual(20);
     expect(files.some((f) => f.endsWith(`${path.sep}model.safetensors`))).toBe(true);
     expect(files.some((f) => /model-0000\d-of-0000\d\.safetensors$/.test(f))).toBe(true);
@@ -100,7 +101,8 @@ describe("fixture files written by PyTorch", () => {
         }
       });
 
-      it("re-serializes byte for byte", () => {
+      const writtenByPyTorch = !path.relative(oracleDir, file).startsWith("..");
+      if (writtenByPyTorch) it("re-serializes byte for byte", () => {
         const st = SafetensorsFile.fromBytes(bytes, rel);
         // Handed over in reverse file order, so the order on disk has to come from referenceOrder.
         const tensors: [string, Tensor][] = st.header.entries.map((e): [string, Tensor] => [e.name, st.readTensor(e.name)]).reverse();
