@@ -12,7 +12,9 @@ import { seededRandom, shuffle } from "../helpers/random.js";
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), "omni-write-thread-"));
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 
-const arena = kernelArena(0);
+// The arena is shared WebAssembly memory wherever the kernels load; the writer thread needs exactly that.
+const memory = kernelArena(0);
+const arena = memory instanceof SharedArrayBuffer ? memory : undefined;
 
 describe.runIf(arena !== undefined)("the writer thread", () => {
   it("is only offered for buffers in the shared arena", () => {
