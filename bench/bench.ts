@@ -3,7 +3,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
-import { synthesize } from "../src/synth/synth.js";
+import { synthesize } from "../src/node/synth.js";
 
 /**
  * `npm run bench`: conversion speed against the physical limit, copying the same bytes. In one run and

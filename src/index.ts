@@ -1,30 +1,18 @@
-// The library surface: the adapters (same shape as NeMo Automodel's), the safetensors reader and writer,
-// the tensor type and kernels, and the whole-checkpoint operations behind the command line.
-export { NemotronOmniStateDictAdapter } from "./adapters/nemotron-omni.js";
-export { NemotronV3StateDictAdapter, type AdapterOptions, type FromHfOptions, type ToHfOptions } from "./adapters/nemotron-v3.js";
-export { parseModelConfig, parseLlmConfig, type LlmConfig, type ModelConfig } from "./adapters/config.js";
-export { expertRange, type ExpertParallel, type ExpertActivation } from "./adapters/moe-experts.js";
-export type { Plan, PlannedTensor, Piece, Diagnostic, Logger, HeaderMap } from "./adapters/plan.js";
-export type { StateDict } from "./adapters/execute.js";
+/**
+ * `omni-ckpt`: the Node.js entry. The browser-safe core (`omni-ckpt/core`), plus what needs a local disk
+ * and Node's threads: local files and folders with their safety rules, the Hugging Face cache, output
+ * folders that appear only when complete, the writer thread, and the whole-checkpoint operations by path
+ * that the command line runs.
+ */
+export * from "./core.js";
 
-export { Checkpoint, type StoredTensor, type OpenOptions } from "./safetensors/checkpoint.js";
-export { SafetensorsFile } from "./safetensors/file.js";
-export { parseHeader, MAX_HEADER_LENGTH, type SafetensorsHeader, type TensorEntry } from "./safetensors/header.js";
-export { type ByteSource, FileSource, MemorySource } from "./safetensors/source.js";
-export { serialize, encodeHeader, referenceOrder, SafetensorsFileWriter, type DeclaredTensor } from "./safetensors/writer.js";
-export { ShardedWriter, planShards, shardFileName, DEFAULT_MAX_SHARD_SIZE } from "./safetensors/sharded-writer.js";
-
-export { type DType, DTYPES, itemSize, isFloat } from "./tensor/dtype.js";
-export { type Tensor, type TensorInfo, makeTensor } from "./tensor/tensor.js";
-export { castInto } from "./tensor/cast.js";
-export { transposeLast2, stack, concatLast, selectRows, cast } from "./tensor/ops.js";
-
-export { convertCheckpoint, type ConvertRequest, type ConvertSummary } from "./convert/convert.js";
-export { planConversion, planInput, type ConvertOptions, type ConversionPlan } from "./convert/planner.js";
-export { inspectCheckpoint, type InspectReport } from "./convert/inspect.js";
-export { verifyCheckpoint, type VerifyReport } from "./convert/verify.js";
-export { diffCheckpoints, type DiffReport } from "./convert/diff.js";
-export { detectLayout, type Layout } from "./convert/layout.js";
-export { synthesize, type SynthOptions } from "./synth/synth.js";
-
-export { OmniCkptError, InputError, FormatError, ConversionError, UsageError } from "./errors.js";
+export { Checkpoint } from "./node/checkpoint.js";
+export { FileSource } from "./node/file-source.js";
+export { LocalFolder, type LocalFolderOptions } from "./node/local-folder.js";
+export { LocalOutput, LocalFile } from "./node/local-output.js";
+export { OutputFolder, abortOutputs } from "./node/output-folder.js";
+export { resolveSource, openSource, type SourceOptions, type ResolvedSource } from "./node/sources.js";
+export { hubCacheDir, parseRepoId, cachedSnapshot, type RepoRef } from "./node/hf-cache.js";
+export { convertCheckpoint, type ConvertRequest, type ConvertSummary } from "./node/convert.js";
+export { inspectCheckpoint, verifyCheckpoint, diffCheckpoints, sha256, type DiffOptions } from "./node/checks.js";
+export { synthesize, type SynthRequest } from "./node/synth.js";

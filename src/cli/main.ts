@@ -1,6 +1,7 @@
 import * as fs from "node:fs";
 import { Command, CommanderError } from "commander";
-import { EXIT_INPUT, EXIT_INTERNAL, InputError, OmniCkptError } from "../errors.js";
+import { EXIT_INPUT, EXIT_INTERNAL, OmniCkptError, exitCodeOf } from "../errors.js";
+import { abortOutputs } from "../node/output-folder.js";
 import { registerConvert } from "./commands/convert.js";
 import { registerDiff } from "./commands/diff.js";
 import { registerInspect } from "./commands/inspect.js";
@@ -15,7 +16,7 @@ function report(e: unknown, debug: boolean): number {
   if (e instanceof OmniCkptError) {
     process.stderr.write(`omni-ckpt: error: ${message}\n`);
     if (debug && e.stack) process.stderr.write(`${e.stack}\n`);
-    return e instanceof InputError ? EXIT_INPUT : EXIT_INTERNAL;
+    return exitCodeOf(e);
   }
   process.stderr.write(`omni-ckpt: internal error: ${message}${debug ? "" : " (run with --debug for details)"}\n`);
   if (debug && e instanceof Error && e.stack) process.stderr.write(`${e.stack}\n`);
@@ -42,6 +43,23 @@ export async function main(argv: readonly string[]): Promise<number> {
     return report(e, debug);
   }
 }
+
+/**
+ * The command line owns the process: on Ctrl-C or a kill it removes what is half-built and exits at once
+ * (a SIGKILL leaves the clearly named temporary folder for the next run to remove). Library calls install
+ * nothing of the kind; they clean up when their AbortSignal fires.
+ */
+function installSignalHandlers(): void {
+  const onSignal = (signal: NodeJS.Signals, code: number): void => {
+    if (abortOutputs() > 0) process.stderr.write(`omni-ckpt: interrupted by ${signal}; the partial output was removed\n`);
+    process.exit(code);
+  };
+  process.on("SIGINT", () => onSignal("SIGINT", 130));
+  process.on("SIGTERM", () => onSignal("SIGTERM", 143));
+  process.on("exit", () => abortOutputs());
+}
+
+installSignalHandlers();
 
 // A reader that stops early (`omni-ckpt diff A B | head`) closes the pipe. Nothing printed after that can
 // reach anyone, so the process ends quietly with the command's exit code (as on any exit, a conversion

@@ -1,97 +1,97 @@
-import * as fs from "node:fs";
-import * as path from "node:path";
 import { FormatError } from "../errors.js";
-import { CONFIG_FILE, requireInside } from "../safetensors/checkpoint.js";
-import { describeIoError, fileKind } from "../safetensors/source.js";
-import { WriteError } from "../safetensors/writer.js";
-import { fsyncPath } from "./output-folder.js";
+import type { Folder } from "../io/folder.js";
+import type { OutputStore } from "../io/output.js";
+import { CONFIG_FILE } from "../safetensors/shard-plan.js";
 
 export interface AuxFiles {
   /** Folder-relative paths, parents before children: folders to create and files to copy. */
   readonly entries: readonly { readonly rel: string; readonly dir: boolean }[];
   /** Weight files of another checkpoint lying in the folder, which are not part of this one. */
   readonly skipped: readonly string[];
+  /** False when the folder cannot be listed (a plain HTTP URL): then no other file can be copied. */
+  readonly listable: boolean;
 }
 
 /** Top-level weight files that belong to no checkpoint we read would be stale in the output. */
 const STRAY_WEIGHTS = /^[^/]*\.safetensors(\.index\.json)?$/;
 
+/** Copies go through memory this many bytes at a time. */
+const COPY_CHUNK = 8 * 1024 * 1024;
+
 /**
  * Every file of a checkpoint folder that is not its weights (tokenizer, processor, chat template, custom
- * code, sub-folders), checked before any byte is written: FIFOs, sockets and devices are refused rather
- * than read, and symlinks may not lead out of the folder unless allowed.
+ * code, sub-folders), checked before any byte is written: anything that is neither a file nor a folder
+ * (a FIFO, a device) is refused rather than read, and the folder's own rules (a local disk's symlinks)
+ * apply to each.
  */
-export function listAuxFiles(
-  srcDir: string,
+export async function listAuxFiles(
+  folder: Folder,
   weightFiles: ReadonlySet<string>,
-  options: { followSymlinks?: boolean; skipConfig?: boolean } = {},
-): AuxFiles {
+  options: { skip?: ReadonlySet<string> } = {},
+): Promise<AuxFiles> {
   const entries: { rel: string; dir: boolean }[] = [];
   const skipped: string[] = [];
-  const visited = new Set<string>([fs.realpathSync(srcDir)]);
-
-  // An unreadable folder or entry is a problem of the input, told as such, not an internal error.
-  const readable = <T>(p: string, f: () => T): T => {
-    try {
-      return f();
-    } catch (e) {
-      throw new FormatError(p, `cannot be read: ${describeIoError(e)}`);
-    }
-  };
-  const walk = (rel: string): void => {
-    const dir = path.join(srcDir, rel);
-    for (const name of readable(dir, () => fs.readdirSync(dir)).sort()) {
-      const relPath = rel ? path.join(rel, name) : name;
-      if (weightFiles.has(relPath)) continue;
-      if (options.skipConfig && relPath === CONFIG_FILE) continue;
-      if (!rel && STRAY_WEIGHTS.test(name)) {
-        skipped.push(relPath);
+  const visited = new Set<string>();
+  const walk = async (rel: string): Promise<boolean> => {
+    const list = await folder.list(rel);
+    if (list === undefined) return false;
+    for (const entry of list) {
+      const child = rel === "" ? entry.name : `${rel}/${entry.name}`;
+      if (weightFiles.has(child) || options.skip?.has(child)) continue;
+      if (rel === "" && STRAY_WEIGHTS.test(entry.name)) {
+        skipped.push(child);
         continue;
       }
-      const full = path.join(srcDir, relPath);
-      let st = readable(full, () => fs.lstatSync(full));
-      if (st.isSymbolicLink()) {
-        let real: string;
-        try {
-          real = fs.realpathSync(full);
-        } catch (e) {
-          throw new FormatError(full, `is a broken symlink: ${describeIoError(e)}`);
+      if (entry.kind === "folder") {
+        if (entry.id !== undefined) {
+          if (visited.has(entry.id)) continue;
+          visited.add(entry.id);
         }
-        requireInside(srcDir, full, options, real);
-        st = readable(full, () => fs.statSync(full));
-        if (st.isDirectory()) {
-          if (visited.has(real)) continue;
-          visited.add(real);
-        }
-      }
-      if (st.isDirectory()) {
-        entries.push({ rel: relPath, dir: true });
-        walk(relPath);
-      } else if (st.isFile()) entries.push({ rel: relPath, dir: false });
-      else throw new FormatError(full, `is ${fileKind(st)}, not a regular file; refusing to copy it`);
+        entries.push({ rel: child, dir: true });
+        await walk(child);
+      } else if (entry.kind === "file") entries.push({ rel: child, dir: false });
+      else throw new FormatError(folder.describe(child), `is ${entry.detail ?? "not a regular file"}, not a regular file; refusing to copy it`);
     }
+    return true;
   };
-  walk("");
-  return { entries, skipped };
+  const listable = await walk("");
+  return { entries, skipped, listable };
 }
 
-/** Copy the listed files unchanged, each synced to disk. Returns the files copied. */
-export function copyAuxFiles(srcDir: string, dstDir: string, aux: AuxFiles): string[] {
+/** The config a conversion writes itself (changed) is not copied. */
+export const SKIP_CONFIG: ReadonlySet<string> = new Set([CONFIG_FILE]);
+
+/** Copy the listed files unchanged into the output. Returns the files copied. */
+export async function copyAuxFiles(folder: Folder, out: OutputStore, aux: AuxFiles, signal?: AbortSignal): Promise<string[]> {
   const copied: string[] = [];
   for (const e of aux.entries) {
-    const to = path.join(dstDir, e.rel);
-    const from = path.join(srcDir, e.rel);
-    try {
-      if (e.dir) {
-        fs.mkdirSync(to);
-        continue;
-      }
-      fs.copyFileSync(from, to, fs.constants.COPYFILE_EXCL);
-      fsyncPath(to);
-    } catch (e) {
-      throw new WriteError(`${to}: copy from ${from} failed: ${describeIoError(e)}`);
+    if (e.dir) {
+      await out.mkdir(e.rel);
+      continue;
     }
+    if (!(await out.copyFrom?.(folder, e.rel))) await copyThroughMemory(folder, out, e.rel, signal);
     copied.push(e.rel);
   }
   return copied;
+}
+
+async function copyThroughMemory(folder: Folder, out: OutputStore, rel: string, signal?: AbortSignal): Promise<void> {
+  const source = await folder.open(rel);
+  try {
+    const file = await out.create(rel, source.size);
+    try {
+      const buf = new Uint8Array(Math.min(COPY_CHUNK, Math.max(source.size, 1)));
+      for (let at = 0; at < source.size; at += buf.byteLength) {
+        const part = buf.subarray(0, Math.min(buf.byteLength, source.size - at));
+        await source.read(part, at, signal);
+        await file.write(at, part);
+      }
+      await file.finish();
+    } catch (e) {
+      file.abandon();
+      throw e;
+    }
+  } finally {
+    source.close();
+  }
 }

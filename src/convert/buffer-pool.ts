@@ -1,4 +1,3 @@
-import { writeThreadFor } from "../safetensors/write-thread.js";
 import { kernelArena } from "../tensor/wasm/kernels.js";
 
 /**
@@ -88,12 +87,8 @@ export class BufferPool {
     if (a && buf.buffer === a.buffer) a.release(buf);
   }
 
-  /**
-   * Start the thread that writes this pool's buffers now. Its start-up takes ~30 ms, which overlaps the
-   * planning that precedes the first write instead of delaying that write.
-   */
-  startWriter(): void {
-    const a = arena();
-    if (a) writeThreadFor(a.buffer);
+  /** The memory buffers come from when they come from the arena (the writer thread writes straight from it). */
+  get memory(): ArrayBuffer | undefined {
+    return arena()?.buffer;
   }
 }

@@ -1,34 +1,98 @@
-import * as path from "node:path";
 import type { Diagnostic } from "../adapters/plan.js";
 import { InputError, UsageError } from "../errors.js";
-import { CONFIG_FILE, Checkpoint } from "../safetensors/checkpoint.js";
-import { DEFAULT_MAX_SHARD_SIZE, ShardedWriter, checkShardOnDisk, writeFileDurably } from "../safetensors/sharded-writer.js";
-import type { TensorInfo } from "../tensor/tensor.js";
-import { copyAuxFiles, listAuxFiles } from "./aux-files.js";
-import { BufferPool } from "./buffer-pool.js";
+import type { Folder } from "../io/folder.js";
+import type { OutputStore } from "../io/output.js";
+import { Checkpoint, type ConfigFile } from "../safetensors/checkpoint.js";
+import { CONFIG_FILE } from "../safetensors/shard-plan.js";
+import { DEFAULT_MAX_SHARD_SIZE } from "../safetensors/shard-size.js";
+import { ShardedWriter } from "../safetensors/sharded-writer.js";
+import { type AuxFiles, SKIP_CONFIG, copyAuxFiles, listAuxFiles } from "./aux-files.js";
+import { checkpointSource } from "./checkpoint-source.js";
+import { type FaultInjection, withInjectedFaults } from "./faults.js";
 import type { Layout } from "./layout.js";
-import { OutputFolder } from "./output-folder.js";
 import { type ConversionPlan, type ConvertOptions, planConversion, planInput } from "./planner.js";
-import { withInjectedFaults } from "./faults.js";
-import { type TensorSource, streamTensors } from "./stream.js";
+import { streamTensors } from "./stream.js";
 
-export interface ConvertRequest extends ConvertOptions {
-  readonly src: string;
-  readonly dst: string;
-  readonly force?: boolean;
-  readonly maxShardSize?: number;
-  readonly followSymlinks?: boolean;
+export interface ConvertCallbacks {
   /** Called once the plan is known, before any byte is written. */
   readonly onPlan?: (plan: ConversionPlan) => void;
   /** Bytes written so far, tensors completed so far. */
   readonly onProgress?: (bytesDone: number, tensorsDone: number) => void;
-  /** Leftovers of interrupted runs removed or restored, as they are found. */
-  readonly onNote?: (note: string) => void;
 }
 
-export interface ConvertSummary {
-  readonly src: string;
-  readonly dst: string;
+export interface WriteOptions extends ConvertCallbacks {
+  readonly maxShardSize?: number;
+  /** Cancels the conversion between chunks; the caller removes what was written. */
+  readonly signal?: AbortSignal;
+  /** Failures to stage, for tests of the error paths. */
+  readonly faults?: FaultInjection;
+}
+
+/** What a conversion wrote. */
+export interface WrittenCheckpoint {
+  readonly files: readonly string[];
+  readonly auxFiles: readonly string[];
+}
+
+/** A conversion planned from a checkpoint's headers and config, and the other files it will copy. */
+export interface PreparedConversion {
+  readonly checkpoint: Checkpoint;
+  readonly config: ConfigFile;
+  readonly plan: ConversionPlan;
+  readonly aux: AuxFiles;
+}
+
+/** Refuse a shard size that is not a positive whole number of bytes, before anything else is done. */
+export function checkShardSize(maxShardSize: number | undefined): void {
+  if (maxShardSize !== undefined && !(Number.isSafeInteger(maxShardSize) && maxShardSize > 0)) {
+    throw new UsageError(`the largest shard must be a positive whole number of bytes, got ${maxShardSize}`);
+  }
+}
+
+/**
+ * Plan a whole conversion from an open checkpoint: headers and config only, and every other file of the
+ * folder checked (so a bad one fails before the first byte is written).
+ */
+export async function prepareConversion(checkpoint: Checkpoint, options: ConvertOptions, signal?: AbortSignal): Promise<PreparedConversion> {
+  if (checkpoint.folder === undefined) {
+    throw new InputError(`${checkpoint.where}: convert needs a checkpoint folder (with config.json), not a single file`);
+  }
+  const config = await checkpoint.readConfig(signal);
+  const plan = planConversion(planInput(checkpoint), config, options);
+  const aux = await listAuxFiles(checkpoint.folder, checkpoint.weightFiles, plan.outputConfig ? { skip: SKIP_CONFIG } : {});
+  return { checkpoint, config, plan, aux };
+}
+
+/**
+ * Write a prepared conversion into an output, streaming tensor by tensor: shards, index, the config
+ * (edited in place when the plan changes it) and every other file of the source, unchanged.
+ */
+export async function writeConversion(prepared: PreparedConversion, out: OutputStore, options: WriteOptions = {}): Promise<WrittenCheckpoint> {
+  const { checkpoint, plan, aux } = prepared;
+  options.onPlan?.(plan);
+  const writer = await ShardedWriter.create(out, plan.tensors, options.maxShardSize ?? DEFAULT_MAX_SHARD_SIZE);
+  try {
+    let bytesDone = 0;
+    let tensorsDone = 0;
+    await streamTensors(plan.tensors, checkpointSource(checkpoint.tensors), withInjectedFaults(writer, options.faults), {
+      ...(options.signal ? { signal: options.signal } : {}),
+      onProgress: (bytes, completed) => {
+        bytesDone += bytes;
+        tensorsDone += completed;
+        options.onProgress?.(bytesDone, tensorsDone);
+      },
+    });
+    const files = await writer.finish();
+    if (plan.outputConfig) await out.writeFile(CONFIG_FILE, new TextEncoder().encode(plan.outputConfig.text));
+    const auxFiles = await copyAuxFiles(checkpoint.folder!, out, aux, options.signal);
+    return { files, auxFiles };
+  } catch (e) {
+    writer.abandon();
+    throw e;
+  }
+}
+
+export interface FolderConversion {
   readonly from: Layout;
   readonly to: Layout;
   readonly tensorsIn: number;
@@ -38,97 +102,47 @@ export interface ConvertSummary {
   readonly files: readonly string[];
   readonly auxFiles: readonly string[];
   readonly skippedFiles: readonly string[];
+  /** False when the source folder could not be listed, so no file besides the weights was copied. */
+  readonly auxListed: boolean;
   readonly configChanged: boolean;
   readonly warnings: readonly Diagnostic[];
-  readonly notes: readonly string[];
-  readonly seconds: number;
 }
 
-/** Positional reads of a checkpoint's tensors. */
-export function checkpointSource(ckpt: Checkpoint): TensorSource {
-  const get = (name: string) => {
-    const t = ckpt.tensors.get(name);
-    if (!t) throw new Error(`internal: no input tensor ${JSON.stringify(name)}`);
-    return t;
-  };
+/** What a finished conversion reports, from its plan and what it wrote. */
+export function conversionSummary(prepared: PreparedConversion, written: WrittenCheckpoint): FolderConversion {
+  const { plan, aux, checkpoint } = prepared;
   return {
-    info: (name): TensorInfo => get(name),
-    read: (name, offset, buf) => {
-      const t = get(name);
-      return t.file.readRange(t.entry, offset, buf);
-    },
-    readSync: (name, offset, buf) => {
-      const t = get(name);
-      t.file.readRangeSync(t.entry, offset, buf);
-    },
+    from: plan.source,
+    to: plan.target,
+    tensorsIn: checkpoint.tensors.size,
+    tensorsOut: plan.tensors.length,
+    bytesIn: plan.inputBytes,
+    bytesOut: plan.outputBytes,
+    files: written.files,
+    auxFiles: written.auxFiles,
+    skippedFiles: aux.skipped,
+    auxListed: aux.listable,
+    configChanged: plan.outputConfig !== undefined,
+    warnings: plan.warnings,
   };
 }
 
 /**
- * Convert a checkpoint folder on disk, streaming tensor by tensor into a temporary sibling of DST that
- * is renamed into place only when complete and verified. SRC is only ever read.
+ * Convert the checkpoint of any folder into any output: the whole operation for a caller that has both
+ * (a browser holding files in memory, a test). On a local disk, `convertCheckpoint` of the Node entry adds
+ * the output folder's guarantees around it.
  */
-export async function convertCheckpoint(req: ConvertRequest): Promise<ConvertSummary> {
-  const started = performance.now();
-  // Before the destination is touched, like every other refusal of the request itself.
-  if (req.maxShardSize !== undefined && !(Number.isSafeInteger(req.maxShardSize) && req.maxShardSize > 0)) {
-    throw new UsageError(`the largest shard must be a positive whole number of bytes, got ${req.maxShardSize}`);
-  }
-  new BufferPool().startWriter();
-  const ckpt = Checkpoint.open(req.src, req.followSymlinks ? { followSymlinks: true } : {});
+export async function convertFolder(
+  source: Folder,
+  out: OutputStore,
+  options: ConvertOptions & WriteOptions,
+): Promise<FolderConversion> {
+  checkShardSize(options.maxShardSize);
+  const checkpoint = await Checkpoint.open(source, options.signal ? { signal: options.signal } : {});
   try {
-    if (ckpt.dir === undefined) throw new InputError(`${req.src}: convert needs a checkpoint folder (with config.json), not a single file`);
-    const configFile = path.join(ckpt.dir, CONFIG_FILE);
-    const plan = planConversion(planInput(ckpt), ckpt.readConfig(), configFile, req);
-    // Every other file is checked before a byte is written, so a bad one fails fast.
-    const aux = listAuxFiles(ckpt.dir, ckpt.weightFiles, {
-      skipConfig: plan.outputConfig !== undefined,
-      ...(req.followSymlinks ? { followSymlinks: true } : {}),
-    });
-    const out = OutputFolder.prepare(req.dst, {
-      source: ckpt.dir,
-      ...(req.force ? { force: true } : {}),
-      ...(req.onNote ? { onNote: req.onNote } : {}),
-    });
-    req.onPlan?.(plan);
-    let writer: ShardedWriter | undefined;
-    try {
-      writer = new ShardedWriter(out.tmp, plan.tensors, req.maxShardSize ?? DEFAULT_MAX_SHARD_SIZE);
-      let bytesDone = 0;
-      let tensorsDone = 0;
-      await streamTensors(plan.tensors, checkpointSource(ckpt), withInjectedFaults(writer), {
-        onProgress: (bytes, completed) => {
-          bytesDone += bytes;
-          tensorsDone += completed;
-          req.onProgress?.(bytesDone, tensorsDone);
-        },
-      });
-      const files = await writer.finish(checkShardOnDisk);
-      if (plan.outputConfig) writeFileDurably(path.join(out.tmp, CONFIG_FILE), `${JSON.stringify(plan.outputConfig, null, 2)}\n`);
-      const copied = copyAuxFiles(ckpt.dir, out.tmp, aux);
-      out.commit();
-      return {
-        src: req.src,
-        dst: req.dst,
-        from: plan.source,
-        to: plan.target,
-        tensorsIn: ckpt.tensors.size,
-        tensorsOut: plan.tensors.length,
-        bytesIn: plan.inputBytes,
-        bytesOut: plan.outputBytes,
-        files,
-        auxFiles: copied,
-        skippedFiles: aux.skipped,
-        configChanged: plan.outputConfig !== undefined,
-        warnings: plan.warnings,
-        notes: out.notes,
-        seconds: (performance.now() - started) / 1000,
-      };
-    } catch (e) {
-      writer?.abandon();
-      throw out.fail(e);
-    }
+    const prepared = await prepareConversion(checkpoint, options, options.signal);
+    return conversionSummary(prepared, await writeConversion(prepared, out, options));
   } finally {
-    ckpt.close();
+    checkpoint.close();
   }
 }

@@ -1,6 +1,6 @@
-import * as crypto from "node:crypto";
-import { InputError } from "../errors.js";
-import { Checkpoint, type StoredTensor } from "../safetensors/checkpoint.js";
+import { InputError, throwIfAborted } from "../errors.js";
+import type { Checkpoint, StoredTensor } from "../safetensors/checkpoint.js";
+import { equalBytes } from "../safetensors/encode.js";
 import { toFloat64 } from "../tensor/cast.js";
 import { type DType, isFloat, itemSize } from "../tensor/dtype.js";
 import { formatShape, numel, sameShape } from "../tensor/tensor.js";
@@ -31,10 +31,16 @@ export interface DiffReport {
   readonly seconds: number;
 }
 
-export interface DiffOptions {
-  readonly followSymlinks?: boolean;
-  /** Also hash every compared tensor (sha256, in `hashes`); the comparison itself does not need it. Default true. */
-  readonly hashes?: boolean;
+/** An incremental hash of a tensor's bytes (the Node entry gives sha256). */
+export interface Hasher {
+  update(bytes: Uint8Array): void;
+  digest(): string;
+}
+
+export interface CompareOptions {
+  /** Hash every compared tensor with hashers from here (reported in `hashes`); the comparison itself does not need it. */
+  readonly hasher?: () => Hasher;
+  readonly signal?: AbortSignal;
   readonly onProgress?: (bytesDone: number, bytesTotal: number) => void;
 }
 
@@ -112,7 +118,7 @@ interface PairChunk {
  * The bytes of every pair of tensors, chunk by chunk, from two reused double buffers: the next chunk is
  * read while the caller hashes and compares this one (which it must finish before asking for the next).
  */
-async function* pairedChunks(pairs: readonly Pair[]): AsyncGenerator<PairChunk> {
+async function* pairedChunks(pairs: readonly Pair[], signal?: AbortSignal): AsyncGenerator<PairChunk> {
   const slots = [0, 1].map(() => ({ a: new Uint8Array(new ArrayBuffer(CHUNK)), b: new Uint8Array(new ArrayBuffer(CHUNK)) }));
   const jobs = function* () {
     for (const pair of pairs) {
@@ -131,8 +137,8 @@ async function* pairedChunks(pairs: readonly Pair[]): AsyncGenerator<PairChunk> 
     const b = slot.b.subarray(0, job.len);
     // Both reads end before a failure is reported: the caller closes the files next.
     const done = Promise.allSettled([
-      job.pair.a.file.readRange(job.pair.a.entry, job.at, a),
-      job.pair.b.file.readRange(job.pair.b.entry, job.at, b),
+      job.pair.a.file.readRange(job.pair.a.entry, job.at, a, signal),
+      job.pair.b.file.readRange(job.pair.b.entry, job.at, b, signal),
     ]).then((results) => {
       for (const r of results) if (r.status === "rejected") throw r.reason;
       return { pair: job.pair, a, b, last: job.last };
@@ -152,84 +158,77 @@ async function* pairedChunks(pairs: readonly Pair[]): AsyncGenerator<PairChunk> 
 }
 
 /** Compare two checkpoints of the same layout tensor by tensor, streaming their bytes. */
-export async function diffCheckpoints(pathA: string, pathB: string, options: DiffOptions = {}): Promise<DiffReport> {
+export async function compareCheckpoints(a: Checkpoint, b: Checkpoint, options: CompareOptions = {}): Promise<DiffReport> {
   const started = performance.now();
-  const open = options.followSymlinks ? { followSymlinks: true } : {};
-  const a = Checkpoint.open(pathA, open);
-  let b: Checkpoint | undefined;
-  try {
-    b = Checkpoint.open(pathB, open);
-    const la = detectLayout(a.tensors.keys()).layout;
-    const lb = detectLayout(b.tensors.keys()).layout;
-    if (la && lb && la !== lb) {
-      throw new InputError(`${pathA} is in the ${layoutName(la)} layout but ${pathB} is ${layoutName(lb)}; convert one of them first`);
-    }
-    const differences: TensorDifference[] = [];
-    const hashes = new Map<string, { a: string; b: string }>();
-    let same = 0;
-    let bytesDone = 0;
-    let bytesTotal = 0;
-    for (const t of a.tensors.values()) if (b.tensors.has(t.name)) bytesTotal += t.entry.end - t.entry.begin;
-    const names = [...new Set([...a.tensors.keys(), ...b.tensors.keys()])].sort();
-    const pairs: Pair[] = [];
-    for (const name of names) {
-      const ta = a.tensors.get(name);
-      const tb = b.tensors.get(name);
-      if (!tb) differences.push({ name, kind: "only-a", detail: `only in ${pathA} (${ta!.dtype}${formatShape(ta!.shape)})` });
-      else if (!ta) differences.push({ name, kind: "only-b", detail: `only in ${pathB} (${tb.dtype}${formatShape(tb.shape)})` });
-      else if (ta.dtype !== tb.dtype) differences.push({ name, kind: "dtype", detail: `dtype ${ta.dtype} vs ${tb.dtype}` });
-      else if (!sameShape(ta.shape, tb.shape)) {
-        differences.push({ name, kind: "shape", detail: `shape ${formatShape(ta.shape)} vs ${formatShape(tb.shape)}` });
-      } else pairs.push({ name, a: ta, b: tb });
-    }
-    const hashing = options.hashes ?? true;
-    const hasher = (): crypto.Hash | undefined => (hashing ? crypto.createHash("sha256") : undefined);
-    let ha = hasher();
-    let hb = hasher();
-    let delta = { max: 0, count: 0 };
-    let equal = true;
-    for await (const c of pairedChunks(pairs)) {
-      ha?.update(c.a);
-      hb?.update(c.b);
-      if (Buffer.compare(c.a, c.b) !== 0) {
-        equal = false;
-        const d = chunkDelta(c.a, c.b, c.pair.a.dtype);
-        delta = { max: Math.max(delta.max, d.max), count: delta.count + d.count };
-      }
-      bytesDone += c.a.byteLength;
-      if (!c.last) continue;
-      const { name, a: ta } = c.pair;
-      if (ha && hb) hashes.set(name, { a: ha.digest("hex"), b: hb.digest("hex") });
-      if (equal) same++;
-      else {
-        differences.push({
-          name,
-          kind: "content",
-          detail: `${delta.count} of ${numel(ta.shape)} elements differ, max |a - b| = ${delta.max}`,
-          maxAbsDiff: delta.max,
-          differingElements: delta.count,
-        });
-      }
-      ha = hasher();
-      hb = hasher();
-      delta = { max: 0, count: 0 };
-      equal = true;
-      options.onProgress?.(bytesDone, bytesTotal);
-    }
-    differences.sort((x, y) => (x.name < y.name ? -1 : x.name > y.name ? 1 : 0));
-    return {
-      a: pathA,
-      b: pathB,
-      tensorsA: a.tensors.size,
-      tensorsB: b.tensors.size,
-      same,
-      differences,
-      hashes,
-      identical: differences.length === 0,
-      seconds: (performance.now() - started) / 1000,
-    };
-  } finally {
-    a.close();
-    b?.close();
+  const pathA = a.where;
+  const pathB = b.where;
+  const la = detectLayout(a.tensors.keys()).layout;
+  const lb = detectLayout(b.tensors.keys()).layout;
+  if (la && lb && la !== lb) {
+    throw new InputError(`${pathA} is in the ${layoutName(la)} layout but ${pathB} is ${layoutName(lb)}; convert one of them first`);
   }
+  const differences: TensorDifference[] = [];
+  const hashes = new Map<string, { a: string; b: string }>();
+  let same = 0;
+  let bytesDone = 0;
+  let bytesTotal = 0;
+  for (const t of a.tensors.values()) if (b.tensors.has(t.name)) bytesTotal += t.entry.end - t.entry.begin;
+  const names = [...new Set([...a.tensors.keys(), ...b.tensors.keys()])].sort();
+  const pairs: Pair[] = [];
+  for (const name of names) {
+    const ta = a.tensors.get(name);
+    const tb = b.tensors.get(name);
+    if (!tb) differences.push({ name, kind: "only-a", detail: `only in ${pathA} (${ta!.dtype}${formatShape(ta!.shape)})` });
+    else if (!ta) differences.push({ name, kind: "only-b", detail: `only in ${pathB} (${tb.dtype}${formatShape(tb.shape)})` });
+    else if (ta.dtype !== tb.dtype) differences.push({ name, kind: "dtype", detail: `dtype ${ta.dtype} vs ${tb.dtype}` });
+    else if (!sameShape(ta.shape, tb.shape)) {
+      differences.push({ name, kind: "shape", detail: `shape ${formatShape(ta.shape)} vs ${formatShape(tb.shape)}` });
+    } else pairs.push({ name, a: ta, b: tb });
+  }
+  const hasher = (): Hasher | undefined => options.hasher?.();
+  let ha = hasher();
+  let hb = hasher();
+  let delta = { max: 0, count: 0 };
+  let equal = true;
+  for await (const c of pairedChunks(pairs, options.signal)) {
+    ha?.update(c.a);
+    hb?.update(c.b);
+    if (!equalBytes(c.a, c.b)) {
+      equal = false;
+      const d = chunkDelta(c.a, c.b, c.pair.a.dtype);
+      delta = { max: Math.max(delta.max, d.max), count: delta.count + d.count };
+    }
+    bytesDone += c.a.byteLength;
+    throwIfAborted(options.signal);
+    if (!c.last) continue;
+    const { name, a: ta } = c.pair;
+    if (ha && hb) hashes.set(name, { a: ha.digest(), b: hb.digest() });
+    if (equal) same++;
+    else {
+      differences.push({
+        name,
+        kind: "content",
+        detail: `${delta.count} of ${numel(ta.shape)} elements differ, max |a - b| = ${delta.max}`,
+        maxAbsDiff: delta.max,
+        differingElements: delta.count,
+      });
+    }
+    ha = hasher();
+    hb = hasher();
+    delta = { max: 0, count: 0 };
+    equal = true;
+    options.onProgress?.(bytesDone, bytesTotal);
+  }
+  differences.sort((x, y) => (x.name < y.name ? -1 : x.name > y.name ? 1 : 0));
+  return {
+    a: pathA,
+    b: pathB,
+    tensorsA: a.tensors.size,
+    tensorsB: b.tensors.size,
+    same,
+    differences,
+    hashes,
+    identical: differences.length === 0,
+    seconds: (performance.now() - started) / 1000,
+  };
 }

@@ -1,7 +1,6 @@
-import * as path from "node:path";
 import { type ModelConfig, parseModelConfig } from "../adapters/config.js";
-import { CONFIG_FILE, Checkpoint } from "../safetensors/checkpoint.js";
-import { planShards } from "../safetensors/sharded-writer.js";
+import type { Checkpoint } from "../safetensors/checkpoint.js";
+import { planShards } from "../safetensors/shard-plan.js";
 import type { DType } from "../tensor/dtype.js";
 import { byteLength, numel } from "../tensor/tensor.js";
 import { COMPONENTS, type Component, componentOf } from "./components.js";
@@ -43,66 +42,60 @@ export interface InspectReport {
 }
 
 /**
- * Everything `inspect` shows, from headers and config.json alone: instant even on the 62 GB model. A folder
+ * Everything `inspect` shows, from headers and config.json alone: instant even on the 66 GB model. A folder
  * whose config.json is missing, broken or contradicted by the tensors is refused, as `convert` would.
  */
-export function inspectCheckpoint(location: string, options: { followSymlinks?: boolean } = {}): InspectReport {
-  const ckpt = Checkpoint.open(location, options.followSymlinks ? { followSymlinks: true } : {});
-  try {
-    const stats = new Map<Component, { tensors: number; params: number; bytes: number; dtypes: Partial<Record<DType, number>> }>();
-    let params = 0;
-    for (const t of ckpt.tensors.values()) {
-      const c = componentOf(t.name);
-      const s = stats.get(c) ?? { tensors: 0, params: 0, bytes: 0, dtypes: {} };
-      const n = numel(t.shape);
-      s.tensors++;
-      s.params += n;
-      s.bytes += byteLength(t);
-      s.dtypes[t.dtype] = (s.dtypes[t.dtype] ?? 0) + 1;
-      stats.set(c, s);
-      params += n;
-    }
-    const components = COMPONENTS.filter((c) => stats.has(c)).map((c) => ({ component: c, ...stats.get(c)! }));
-    const layout = detectLayout(ckpt.tensors.keys()).layout;
-    const base = { location, layout, files: ckpt.files.length, tensors: ckpt.tensors.size, params, bytes: ckpt.totalBytes, components };
-    if (ckpt.dir === undefined) return base;
-
-    const configFile = path.join(ckpt.dir, CONFIG_FILE);
-    const raw = ckpt.readConfig();
-    const config: ModelConfig = parseModelConfig(raw, configFile);
-    const llm = config.llm;
-    const model = {
-      kind: config.kind,
-      layers: llm.numHiddenLayers,
-      ...(llm.hybridOverridePattern !== undefined ? { pattern: llm.hybridOverridePattern } : {}),
-      ...(llm.nRoutedExperts !== undefined ? { experts: llm.nRoutedExperts } : {}),
-      ...(llm.moeIntermediateSize !== undefined ? { expertWidth: llm.moeIntermediateSize } : {}),
-      ...(llm.hiddenSize !== undefined ? { hidden: llm.hiddenSize } : {}),
-      ...(llm.numNextnPredictLayers !== undefined ? { mtpLayers: llm.numNextnPredictLayers } : {}),
-    };
-    const input = planInput(ckpt);
-    const report = layout ? checkConsistency(config, layout, input.headers) : undefined;
-    if (report) requireConsistent(report, configFile);
-    const epSlice = report?.epSliceExperts !== undefined && llm.nRoutedExperts !== undefined ? { experts: report.epSliceExperts, of: llm.nRoutedExperts } : undefined;
-    let convert: InspectReport["convert"];
-    if (layout) {
-      const to: Layout = layout === "hf" ? "native" : "hf";
-      try {
-        const plan = planConversion(input, raw, configFile, { to });
-        convert = { to, tensors: plan.tensors.length, bytes: plan.outputBytes, files: planShards(plan.tensors).length };
-      } catch (e) {
-        // An expert-parallel slice is a valid checkpoint that cannot go to HF alone; anything else is broken.
-        if (!epSlice) throw e;
-        convert = { to, error: (e as Error).message };
-      }
-    }
-    return {
-      ...base,
-      model,
-      ...(epSlice ? { epSlice } : {}),
-      ...(convert ? { convert } : {}),
-    };
-  } finally {
-    ckpt.close();
+export async function describeCheckpoint(ckpt: Checkpoint, location = ckpt.where, signal?: AbortSignal): Promise<InspectReport> {
+  const stats = new Map<Component, { tensors: number; params: number; bytes: number; dtypes: Partial<Record<DType, number>> }>();
+  let params = 0;
+  for (const t of ckpt.tensors.values()) {
+    const c = componentOf(t.name);
+    const s = stats.get(c) ?? { tensors: 0, params: 0, bytes: 0, dtypes: {} };
+    const n = numel(t.shape);
+    s.tensors++;
+    s.params += n;
+    s.bytes += byteLength(t);
+    s.dtypes[t.dtype] = (s.dtypes[t.dtype] ?? 0) + 1;
+    stats.set(c, s);
+    params += n;
   }
+  const components = COMPONENTS.filter((c) => stats.has(c)).map((c) => ({ component: c, ...stats.get(c)! }));
+  const layout = detectLayout(ckpt.tensors.keys()).layout;
+  const base = { location, layout, files: ckpt.files.length, tensors: ckpt.tensors.size, params, bytes: ckpt.totalBytes, components };
+  if (ckpt.folder === undefined) return base;
+
+  const configFile = await ckpt.readConfig(signal);
+  const config: ModelConfig = parseModelConfig(configFile.values, configFile.file);
+  const llm = config.llm;
+  const model = {
+    kind: config.kind,
+    layers: llm.numHiddenLayers,
+    ...(llm.hybridOverridePattern !== undefined ? { pattern: llm.hybridOverridePattern } : {}),
+    ...(llm.nRoutedExperts !== undefined ? { experts: llm.nRoutedExperts } : {}),
+    ...(llm.moeIntermediateSize !== undefined ? { expertWidth: llm.moeIntermediateSize } : {}),
+    ...(llm.hiddenSize !== undefined ? { hidden: llm.hiddenSize } : {}),
+    ...(llm.numNextnPredictLayers !== undefined ? { mtpLayers: llm.numNextnPredictLayers } : {}),
+  };
+  const input = planInput(ckpt);
+  const report = layout ? checkConsistency(config, layout, input.headers) : undefined;
+  if (report) requireConsistent(report, configFile.file);
+  const epSlice = report?.epSliceExperts !== undefined && llm.nRoutedExperts !== undefined ? { experts: report.epSliceExperts, of: llm.nRoutedExperts } : undefined;
+  let convert: InspectReport["convert"];
+  if (layout) {
+    const to: Layout = layout === "hf" ? "native" : "hf";
+    try {
+      const plan = planConversion(input, configFile, { to });
+      convert = { to, tensors: plan.tensors.length, bytes: plan.outputBytes, files: planShards(plan.tensors).length };
+    } catch (e) {
+      // An expert-parallel slice is a valid checkpoint that cannot go to HF alone; anything else is broken.
+      if (!epSlice) throw e;
+      convert = { to, error: (e as Error).message };
+    }
+  }
+  return {
+    ...base,
+    model,
+    ...(epSlice ? { epSlice } : {}),
+    ...(convert ? { convert } : {}),
+  };
 }

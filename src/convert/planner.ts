@@ -1,11 +1,12 @@
-import { type ModelConfig, parseModelConfig } from "../adapters/config.js";
+import { type ModelConfig, parseModelConfig, truncationEdits } from "../adapters/config.js";
 import type { ExpertActivation, ExpertParallel } from "../adapters/moe-experts.js";
 import { NemotronOmniStateDictAdapter } from "../adapters/nemotron-omni.js";
 import { NemotronV3StateDictAdapter, resolveDType } from "../adapters/nemotron-v3.js";
 import type { Diagnostic, Plan, PlannedTensor } from "../adapters/plan.js";
 import { ConversionError, InputError, UsageError } from "../errors.js";
-import type { Checkpoint } from "../safetensors/checkpoint.js";
-import { referenceOrder } from "../safetensors/writer.js";
+import type { Checkpoint, ConfigFile } from "../safetensors/checkpoint.js";
+import { referenceOrder } from "../safetensors/encode.js";
+import { editJson } from "../safetensors/json-edit.js";
 import { isFloat } from "../tensor/dtype.js";
 import { type TensorInfo, byteLength } from "../tensor/tensor.js";
 import { checkConsistency, requireConsistent } from "./consistency.js";
@@ -33,8 +34,11 @@ export interface ConversionPlan {
   readonly tensors: readonly PlannedTensor[];
   /** Things the rules did that a user should hear about (unknown keys, dropped scales). */
   readonly warnings: readonly Diagnostic[];
-  /** config.json for the output when it must change (only `--num-layers` changes it). */
-  readonly outputConfig: Record<string, unknown> | undefined;
+  /**
+   * config.json for the output when it must change (`--num-layers` cuts it): the input's text with only
+   * the changed values edited. Undefined when the input's file is copied byte for byte.
+   */
+  readonly outputConfig: ConfigFile | undefined;
   readonly inputBytes: number;
   readonly outputBytes: number;
 }
@@ -49,7 +53,7 @@ export interface PlanInput {
 }
 
 export function planInput(ckpt: Checkpoint): PlanInput {
-  return { headers: ckpt.tensors, where: ckpt.dir ?? ckpt.files[0]?.name ?? "checkpoint" };
+  return { headers: ckpt.tensors, where: ckpt.where };
 }
 
 function checkOptions(o: ConvertOptions, config: ModelConfig): void {
@@ -81,35 +85,25 @@ function checkOptions(o: ConvertOptions, config: ModelConfig): void {
   if (o.dtype !== undefined) resolveDType(o.dtype);
 }
 
-/** config.json for a model truncated to its first `n` layers. */
-function truncatedConfig(raw: Record<string, unknown>, config: ModelConfig, n: number): Record<string, unknown> {
-  const copy = JSON.parse(JSON.stringify(raw)) as Record<string, unknown>;
-  const llm = (config.kind === "omni" ? copy["llm_config"] : copy) as Record<string, unknown>;
-  llm["num_hidden_layers"] = n;
-  const pattern = llm["hybrid_override_pattern"];
-  if (typeof pattern === "string") llm["hybrid_override_pattern"] = pattern.slice(0, n);
-  const blocks = llm["layers_block_type"];
-  if (Array.isArray(blocks)) llm["layers_block_type"] = blocks.slice(0, n);
-  return copy;
+/** config.json for a model truncated to its first `n` layers, edited in its own text. */
+function truncatedConfig(input: ConfigFile, config: ModelConfig, n: number): ConfigFile {
+  const text = editJson(input.text, truncationEdits(input.values, config, n), { nonFinite: true });
+  return { file: input.file, text, values: input.values };
 }
 
 /**
  * Everything about a conversion that can be known from headers and config: the layouts, the checks, and
  * each output tensor's recipe, in write order. Reads no tensor data.
  */
-export function planConversion(
-  input: PlanInput,
-  rawConfig: Record<string, unknown>,
-  configFile: string,
-  options: ConvertOptions,
-): ConversionPlan {
+export function planConversion(input: PlanInput, configFile: ConfigFile, options: ConvertOptions): ConversionPlan {
   const { headers, where } = input;
   const source = requireLayout(headers.keys(), where);
   if (source === options.to) throw new InputError(`${where}: is already in the ${layoutName(source)} layout`);
-  const config = parseModelConfig(rawConfig, configFile);
+  const configPath = configFile.file;
+  const config = parseModelConfig(configFile.values, configPath);
   checkOptions(options, config);
 
-  requireConsistent(checkConsistency(config, source, headers), configFile);
+  requireConsistent(checkConsistency(config, source, headers), configPath);
 
   const llm = options.numLayers !== undefined ? { ...config.llm, numHiddenLayers: options.numLayers } : config.llm;
   const adapterOptions = {
@@ -148,7 +142,7 @@ export function planConversion(
   tensors = referenceOrder(tensors);
   const outputConfig =
     options.numLayers !== undefined && options.numLayers < config.llm.numHiddenLayers
-      ? truncatedConfig(rawConfig, config, options.numLayers)
+      ? truncatedConfig(configFile, config, options.numLayers)
       : undefined;
   return {
     source,

@@ -1,15 +1,13 @@
-import * as fs from "node:fs";
-import * as path from "node:path";
 import { FormatError, InputError } from "../errors.js";
+import type { ByteSource } from "../io/byte-source.js";
+import { type Folder, checkRelative, readText } from "../io/folder.js";
 import type { TensorInfo } from "../tensor/tensor.js";
 import { SafetensorsFile } from "./file.js";
 import type { TensorEntry } from "./header.js";
 import { type JsonValue, JsonSyntaxError, describeJson, isJsonObject, parseJson, toPlain } from "./json.js";
-import { FileSource, describeIoError, fileKind } from "./source.js";
+import { CONFIG_FILE, INDEX_FILE, SINGLE_FILE } from "./shard-plan.js";
 
-export const SINGLE_FILE = "model.safetensors";
-export const INDEX_FILE = "model.safetensors.index.json";
-export const CONFIG_FILE = "config.json";
+export { CONFIG_FILE, INDEX_FILE, SINGLE_FILE };
 
 /** An index maps tensor names to shard names; 100 MB of it is far beyond any real model. */
 const MAX_INDEX_BYTES = 100_000_000;
@@ -21,59 +19,69 @@ export interface StoredTensor extends TensorInfo {
   readonly entry: TensorEntry;
 }
 
-export interface OpenOptions {
-  /**
-   * Let shards be symlinks that lead outside the folder (a Hugging Face cache snapshot links into
-   * `../../blobs`). Off by default: an index must not be able to point the tool at arbitrary files.
-   */
-  followSymlinks?: boolean;
+/** A config.json as read: its exact text (copied or edited in place, never re-serialized) and its values. */
+export interface ConfigFile {
+  readonly file: string;
+  readonly text: string;
+  readonly values: Record<string, unknown>;
 }
 
 /**
- * A checkpoint on disk: a folder with `model.safetensors` or an index and its shards (or one bare
- * `.safetensors` file). Opening validates every header and the index against them, and reads no tensor data.
+ * Parse config.json text. Python's `json` writes `Infinity`/`NaN` for non-finite floats, and transformers
+ * saves configs through it, so those literals are read here (and only here: headers stay strict JSON).
+ */
+export function parseConfigText(text: string, file: string): ConfigFile {
+  let value: unknown;
+  try {
+    value = toPlain(parseJson(text, { nonFinite: true }));
+  } catch (e) {
+    if (e instanceof JsonSyntaxError) throw new FormatError(file, `is not valid JSON: ${e.message}`);
+    throw e;
+  }
+  if (value === null || typeof value !== "object" || Array.isArray(value)) throw new FormatError(file, "is not a JSON object");
+  return { file, text, values: value as Record<string, unknown> };
+}
+
+/**
+ * A checkpoint in a folder: `model.safetensors`, or an index and its shards. Opening validates every
+ * header and the index against them, and reads no tensor data.
  */
 export class Checkpoint {
   constructor(
-    /** The folder, or undefined when a bare file was opened. */
-    readonly dir: string | undefined,
+    /** Where the checkpoint is read from; undefined when a bare `.safetensors` source was opened. */
+    readonly folder: Folder | undefined,
     readonly files: readonly SafetensorsFile[],
     readonly tensors: ReadonlyMap<string, StoredTensor>,
     /** Folder-relative names of the files that hold the weights: shards and index. */
     readonly weightFiles: ReadonlySet<string>,
     readonly sharded: boolean,
-    private readonly options: OpenOptions = {},
   ) {}
 
-  static open(location: string, options: OpenOptions = {}): Checkpoint {
-    let st: fs.Stats;
-    try {
-      st = fs.statSync(location);
-    } catch (e) {
-      throw new InputError(`${location}: cannot open checkpoint: ${describeIoError(e)}`);
-    }
-    if (st.isFile()) {
-      const file = SafetensorsFile.open(location);
-      return new Checkpoint(undefined, [file], tensorMap([file]), new Set(), false);
-    }
-    if (!st.isDirectory()) throw new InputError(`${location}: is ${fileKind(st)}, not a checkpoint folder or file`);
+  /** How the checkpoint is named in messages. */
+  get where(): string {
+    return this.folder?.name ?? this.files[0]?.name ?? "checkpoint";
+  }
 
-    const indexPath = path.join(location, INDEX_FILE);
-    const singlePath = path.join(location, SINGLE_FILE);
-    const hasIndex = present(indexPath);
-    const hasSingle = present(singlePath);
-    if (hasIndex && hasSingle) {
-      throw new InputError(`${location}: holds both ${SINGLE_FILE} and ${INDEX_FILE}; it is unclear which is the checkpoint`);
+  /** Open the checkpoint of a folder. */
+  static async open(folder: Folder, options: { readonly signal?: AbortSignal } = {}): Promise<Checkpoint> {
+    const signal = options.signal;
+    const index = await folder.stat(INDEX_FILE);
+    const single = await folder.stat(SINGLE_FILE);
+    if (index && single) {
+      throw new InputError(`${folder.name}: holds both ${SINGLE_FILE} and ${INDEX_FILE}; it is unclear which is the checkpoint`);
     }
-    if (!hasIndex && !hasSingle) {
-      throw new InputError(`${location}: no ${SINGLE_FILE} or ${INDEX_FILE} in this folder`);
+    if (!index && !single) throw new InputError(`${folder.name}: no ${SINGLE_FILE} or ${INDEX_FILE} in this folder`);
+    if (single) {
+      const file = await SafetensorsFile.open(await folder.open(SINGLE_FILE), signal);
+      return new Checkpoint(folder, [file], tensorMap([file]), new Set([SINGLE_FILE]), false);
     }
-    if (hasSingle) {
-      const rel = SINGLE_FILE;
-      const file = openShard(location, rel, options);
-      return new Checkpoint(location, [file], tensorMap([file]), new Set([rel]), false, options);
-    }
-    return openIndexed(location, indexPath, options);
+    return openIndexed(folder, signal);
+  }
+
+  /** A bare `.safetensors` file as a checkpoint without a folder (inspect and diff accept one). */
+  static async fromFile(source: ByteSource, signal?: AbortSignal): Promise<Checkpoint> {
+    const file = await SafetensorsFile.open(source, signal);
+    return new Checkpoint(undefined, [file], tensorMap([file]), new Set(), false);
   }
 
   get totalBytes(): number {
@@ -82,48 +90,16 @@ export class Checkpoint {
     return n;
   }
 
-  /** `config.json` of the folder, parsed; a missing or broken config is the user's to fix. */
-  readConfig(): Record<string, unknown> {
-    if (this.dir === undefined) throw new InputError("a bare .safetensors file has no config.json; pass a checkpoint folder");
-    const file = path.join(this.dir, CONFIG_FILE);
-    if (present(file)) requireInside(this.dir, file, this.options);
-    const value = readJsonFile(file, MAX_CONFIG_BYTES, (text) => toPlain(parseJson(text)));
-    if (value === null || typeof value !== "object" || Array.isArray(value)) {
-      throw new FormatError(file, "is not a JSON object");
-    }
-    return value as Record<string, unknown>;
+  /** `config.json` of the folder, read and parsed; a missing or broken config is the user's to fix. */
+  async readConfig(signal?: AbortSignal): Promise<ConfigFile> {
+    if (this.folder === undefined) throw new InputError("a bare .safetensors file has no config.json; pass a checkpoint folder");
+    const file = this.folder.describe(CONFIG_FILE);
+    return parseConfigText(await readText(this.folder, CONFIG_FILE, MAX_CONFIG_BYTES, signal), file);
   }
 
   close(): void {
     for (const f of this.files) f.close();
   }
-}
-
-/**
- * A file the folder names must not be a symlink out of it: an index or config pointing at arbitrary files
- * would read them (and echo their first bytes in errors). `--follow-symlinks` allows it, for cache snapshots.
- */
-export function requireInside(dir: string, file: string, options: OpenOptions, real = fs.realpathSync(file), display = file): void {
-  if (options.followSymlinks) return;
-  const root = fs.realpathSync(dir);
-  if (real !== root && !real.startsWith(root + path.sep)) {
-    throw new FormatError(display, `is a symlink leading outside the checkpoint folder (to ${real}); pass --follow-symlinks to allow it`);
-  }
-}
-
-/** Whether a name exists in the folder; a symlink to nowhere is an error, not an absence. */
-function present(file: string): boolean {
-  try {
-    fs.lstatSync(file);
-  } catch {
-    return false;
-  }
-  try {
-    fs.statSync(file);
-  } catch (e) {
-    throw new FormatError(file, `cannot be opened: ${describeIoError(e)} (a broken symlink?)`);
-  }
-  return true;
 }
 
 function tensorMap(files: readonly SafetensorsFile[]): Map<string, StoredTensor> {
@@ -140,73 +116,36 @@ function tensorMap(files: readonly SafetensorsFile[]): Map<string, StoredTensor>
   return out;
 }
 
-const UTF8 = new TextDecoder("utf-8", { fatal: true });
-
-/**
- * A small JSON file, read through the same guarded open as shards (no blocking on a FIFO, regular files
- * only, size from the open file) and exactly as many bytes as that size, so the limit holds even for a
- * file that grows meanwhile.
- */
-function readJsonFile<T>(file: string, limit: number, parse: (text: string) => T): T {
-  const source = new FileSource(file);
-  let text: string;
+/** The weight map of an index: tensor → shard, in the index's order. */
+export async function readIndex(folder: Folder, signal?: AbortSignal): Promise<Map<string, string>> {
+  const indexFile = folder.describe(INDEX_FILE);
+  const text = await readText(folder, INDEX_FILE, MAX_INDEX_BYTES, signal);
+  let index: JsonValue;
   try {
-    if (source.size > limit) throw new FormatError(file, `is ${source.size} bytes, more than the ${limit}-byte limit for this file`);
-    const bytes = new Uint8Array(source.size);
-    source.readSync(bytes, 0);
-    try {
-      text = UTF8.decode(bytes);
-    } catch {
-      throw new FormatError(file, "is not valid UTF-8");
-    }
-  } finally {
-    source.close();
-  }
-  try {
-    return parse(text);
+    index = parseJson(text);
   } catch (e) {
-    if (e instanceof JsonSyntaxError) throw new FormatError(file, `is not valid JSON: ${e.message}`);
+    if (e instanceof JsonSyntaxError) throw new FormatError(indexFile, `is not valid JSON: ${e.message}`);
     throw e;
   }
-}
-
-/**
- * Resolve a shard name from an index without letting it escape the folder: no absolute paths, no `..`,
- * and (unless allowed) no symlink whose target lies outside.
- */
-function openShard(dir: string, rel: string, options: OpenOptions, indexFile?: string): SafetensorsFile {
-  const where = indexFile ?? dir;
-  const display = path.join(dir, rel);
-  if (rel.length === 0 || rel.includes("\0")) throw new FormatError(where, `names an invalid shard ${JSON.stringify(rel)}`);
-  if (path.isAbsolute(rel)) throw new FormatError(where, `names shard ${JSON.stringify(rel)} by absolute path; shards must lie inside the folder`);
-  const normal = path.normalize(rel);
-  if (normal === ".." || normal.startsWith(`..${path.sep}`) || normal.split(path.sep).includes("..")) {
-    throw new FormatError(where, `names shard ${JSON.stringify(rel)}, which lies outside the folder`);
-  }
-  const full = path.join(dir, normal);
-  let real: string;
-  try {
-    real = fs.realpathSync(full);
-  } catch (e) {
-    throw new FormatError(where, `names shard ${JSON.stringify(rel)}, which cannot be opened: ${describeIoError(e)}`);
-  }
-  requireInside(dir, full, options, real, display);
-  return SafetensorsFile.open(full, display);
-}
-
-function openIndexed(dir: string, indexPath: string, options: OpenOptions): Checkpoint {
-  requireInside(dir, indexPath, options);
-  const index = readJsonFile(indexPath, MAX_INDEX_BYTES, parseJson);
-  if (!isJsonObject(index)) throw new FormatError(indexPath, `is ${describeJson(index)}, not a JSON object`);
+  if (!isJsonObject(index)) throw new FormatError(indexFile, `is ${describeJson(index)}, not a JSON object`);
   const weightMap = index.get("weight_map");
-  if (weightMap === undefined) throw new FormatError(indexPath, "has no weight_map");
-  if (!isJsonObject(weightMap)) throw new FormatError(indexPath, `weight_map is ${describeJson(weightMap)}, not an object`);
-
-  const byShard = new Map<string, string[]>();
-  for (const [tensor, shard] of weightMap as Map<string, JsonValue>) {
+  if (weightMap === undefined) throw new FormatError(indexFile, "has no weight_map");
+  if (!isJsonObject(weightMap)) throw new FormatError(indexFile, `weight_map is ${describeJson(weightMap)}, not an object`);
+  const out = new Map<string, string>();
+  for (const [tensor, shard] of weightMap) {
     if (typeof shard !== "string") {
-      throw new FormatError(indexPath, `weight_map entry for ${JSON.stringify(tensor)} is ${describeJson(shard)}, not a file name`);
+      throw new FormatError(indexFile, `weight_map entry for ${JSON.stringify(tensor)} is ${describeJson(shard)}, not a file name`);
     }
+    out.set(tensor, shard);
+  }
+  return out;
+}
+
+async function openIndexed(folder: Folder, signal?: AbortSignal): Promise<Checkpoint> {
+  const indexFile = folder.describe(INDEX_FILE);
+  const weightMap = await readIndex(folder, signal);
+  const byShard = new Map<string, string[]>();
+  for (const [tensor, shard] of weightMap) {
     const list = byShard.get(shard) ?? [];
     list.push(tensor);
     byShard.set(shard, list);
@@ -217,29 +156,28 @@ function openIndexed(dir: string, indexPath: string, options: OpenOptions): Chec
   const opened = new Map<string, SafetensorsFile>();
   try {
     for (const shard of byShard.keys()) {
-      const key = path.normalize(shard);
-      if (opened.has(key)) throw new FormatError(indexPath, `names the same shard twice (${JSON.stringify(shard)})`);
-      const file = openShard(dir, shard, options, indexPath);
-      opened.set(key, file);
+      const rel = checkRelative(shard, indexFile, "shard");
+      if (opened.has(rel)) throw new FormatError(indexFile, `names the same shard twice (${JSON.stringify(shard)})`);
+      const stat = await folder.stat(rel);
+      if (!stat) throw new FormatError(indexFile, `names shard ${JSON.stringify(shard)}, which cannot be opened: no such file (ENOENT)`);
+      const file = await SafetensorsFile.open(await folder.open(rel), signal);
+      opened.set(rel, file);
       files.push(file);
-      weightFiles.add(key);
+      weightFiles.add(rel);
     }
     const tensors = tensorMap(files);
     for (const [shard, names] of byShard) {
-      const file = opened.get(path.normalize(shard))!;
+      const file = opened.get(checkRelative(shard, indexFile, "shard"))!;
       for (const name of names) {
         if (!file.tensors.has(name)) {
-          throw new FormatError(indexPath, `lists tensor ${JSON.stringify(name)} in ${shard}, which does not hold it`);
+          throw new FormatError(indexFile, `lists tensor ${JSON.stringify(name)} in ${shard}, which does not hold it`);
         }
       }
     }
     for (const t of tensors.values()) {
-      const listed = weightMap.get(t.name);
-      if (listed === undefined) {
-        throw new FormatError(t.file.name, `is not listed in ${INDEX_FILE}`, t.name);
-      }
+      if (!weightMap.has(t.name)) throw new FormatError(t.file.name, `is not listed in ${INDEX_FILE}`, t.name);
     }
-    return new Checkpoint(dir, files, tensors, weightFiles, true, options);
+    return new Checkpoint(folder, files, tensors, weightFiles, true);
   } catch (e) {
     for (const f of files) f.close();
     throw e;

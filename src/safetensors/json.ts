@@ -1,12 +1,17 @@
 /**
- * A strict JSON reader for untrusted headers and indexes. `JSON.parse` keeps the last of two duplicate
- * keys, rounds integers above 2^53 and gives objects a prototype a key named `__proto__` can reach; here
- * objects are `Map`s, duplicates are errors and numbers keep their literal text so callers can insist on
- * exact integers.
+ * A strict JSON reader for untrusted headers, indexes and configs. `JSON.parse` keeps the last of two
+ * duplicate keys, rounds integers above 2^53 and gives objects a prototype a key named `__proto__` can
+ * reach; here objects are `Map`s, duplicates are errors and numbers keep their literal text so callers can
+ * insist on exact integers, and a config can be edited in place without re-spelling its numbers.
  */
 
 export class JsonNumber {
   constructor(readonly text: string) {}
+
+  /** The value as a double; Python's `Infinity`, `-Infinity` and `NaN` literals included. */
+  get value(): number {
+    return Number(this.text);
+  }
 
   /** The value if the literal is a plain non-negative integer that a double holds exactly. */
   get safeIndex(): number | undefined {
@@ -31,14 +36,36 @@ export class JsonSyntaxError extends Error {
 }
 
 const NUMBER = /-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?/y;
+/** What Python's `json.dumps` writes for non-finite floats (`allow_nan=True`, its default). */
+const NON_FINITE = /-?Infinity|NaN/y;
 /** A possibly empty run of string characters that need no attention: no quote, backslash or control. */
 const PLAIN = /[^"\\\u0000-\u001f]*/y;
 
 /** Headers nest three deep; anything far deeper is an attack on the stack, not a checkpoint. */
 const MAX_DEPTH = 64;
 
-export function parseJson(text: string): JsonValue {
-  const p = new Parser(text);
+/** Where a value sits in the text: `[start, end)`, and for an object member where its key starts. */
+export interface JsonSpan {
+  readonly start: number;
+  readonly end: number;
+  readonly keyStart?: number;
+}
+
+/** A path into a JSON document: object keys and array indexes. */
+export type JsonPath = readonly (string | number)[];
+
+export interface ParseOptions {
+  /**
+   * Accept `Infinity`, `-Infinity` and `NaN`, which Python's `json` writes for non-finite floats (configs
+   * saved by transformers hold them). Safetensors headers and indexes stay strict JSON.
+   */
+  readonly nonFinite?: boolean;
+  /** Told the span of every value, with its path, as it is parsed. */
+  readonly onSpan?: (path: JsonPath, span: JsonSpan) => void;
+}
+
+export function parseJson(text: string, options: ParseOptions = {}): JsonValue {
+  const p = new Parser(text, options);
   p.skipWs();
   const v = p.value(0);
   p.skipWs();
@@ -48,7 +75,26 @@ export function parseJson(text: string): JsonValue {
 
 class Parser {
   pos = 0;
-  constructor(readonly s: string) {}
+  private readonly path: (string | number)[] = [];
+  private readonly nonFinite: boolean;
+  private readonly onSpan: ((path: JsonPath, span: JsonSpan) => void) | undefined;
+
+  constructor(
+    readonly s: string,
+    options: ParseOptions,
+  ) {
+    this.nonFinite = options.nonFinite ?? false;
+    this.onSpan = options.onSpan;
+  }
+
+  /** A value, with its span reported when asked for. */
+  spanned(depth: number, keyStart?: number): JsonValue {
+    if (!this.onSpan) return this.value(depth);
+    const start = this.pos;
+    const v = this.value(depth);
+    this.onSpan([...this.path], keyStart === undefined ? { start, end: this.pos } : { start, end: this.pos, keyStart });
+    return v;
+  }
 
   fail(detail: string, duplicate?: { key: string; depth: number }): never {
     throw new JsonSyntaxError(detail, this.pos, duplicate);
@@ -82,6 +128,7 @@ class Parser {
       case undefined:
         return this.fail("unexpected end of JSON");
       default:
+        if (this.nonFinite && (c === "I" || c === "N" || (c === "-" && this.s[this.pos + 1] === "I"))) return this.nonFiniteNumber();
         if (c === "-" || (c >= "0" && c <= "9")) return this.number();
         return this.fail(`unexpected character ${JSON.stringify(c)}`);
     }
@@ -98,6 +145,14 @@ class Parser {
     m.lastIndex = this.pos;
     const r = m.exec(this.s);
     if (!r) this.fail("invalid number");
+    this.pos += r[0].length;
+    return new JsonNumber(r[0]);
+  }
+
+  nonFiniteNumber(): JsonNumber {
+    NON_FINITE.lastIndex = this.pos;
+    const r = NON_FINITE.exec(this.s);
+    if (!r) this.fail("invalid literal");
     this.pos += r[0].length;
     return new JsonNumber(r[0]);
   }
@@ -177,7 +232,9 @@ class Parser {
     }
     for (;;) {
       this.skipWs();
-      out.push(this.value(depth + 1));
+      this.path.push(out.length);
+      out.push(this.spanned(depth + 1));
+      this.path.pop();
       this.skipWs();
       const c = this.s[this.pos];
       this.pos++;
@@ -210,7 +267,9 @@ class Parser {
       if (this.s[this.pos] !== ":") this.fail("expected ':' after object key");
       this.pos++;
       this.skipWs();
-      out.set(key, this.value(depth + 1));
+      this.path.push(key);
+      out.set(key, this.spanned(depth + 1, keyAt));
+      this.path.pop();
       this.skipWs();
       const c = this.s[this.pos];
       this.pos++;
@@ -236,11 +295,18 @@ export function describeJson(v: JsonValue): string {
   return `the literal ${v}`;
 }
 
-/** Plain JavaScript values (objects without prototypes reachable through keys), for configs. */
+/**
+ * Plain JavaScript values (objects without prototypes reachable through keys), for configs. A
+ * non-finite float as transformers 5 writes it, `{"__float__": "Infinity"}`, becomes the number.
+ */
 export function toPlain(v: JsonValue): unknown {
-  if (v instanceof JsonNumber) return Number(v.text);
+  if (v instanceof JsonNumber) return v.value;
   if (Array.isArray(v)) return v.map(toPlain);
-  // Object.fromEntries defines own properties: a key named `__proto__` stays a key.
-  if (v instanceof Map) return Object.fromEntries([...v].map(([k, x]) => [k, toPlain(x)]));
+  if (v instanceof Map) {
+    const tagged = v.size === 1 ? v.get("__float__") : undefined;
+    if (typeof tagged === "string" && /^(-?Infinity|NaN)$/.test(tagged)) return Number(tagged);
+    // Object.fromEntries defines own properties: a key named `__proto__` stays a key.
+    return Object.fromEntries([...v].map(([k, x]) => [k, toPlain(x)]));
+  }
   return v;
 }

@@ -4,9 +4,10 @@ import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { NemotronOmniStateDictAdapter } from "../../src/adapters/nemotron-omni.js";
 import type { HeaderMap, Plan } from "../../src/adapters/plan.js";
-import { Checkpoint } from "../../src/safetensors/checkpoint.js";
 import { PRESETS, type SynthPreset } from "../../src/synth/presets.js";
-import { synthLayout, synthesize } from "../../src/synth/synth.js";
+import { synthesize } from "../../src/node/synth.js";
+import { synthLayout } from "../../src/synth/layout.js";
+import { openCheckpoint } from "../helpers/fixtures.js";
 import { itemSize } from "../../src/tensor/dtype.js";
 import { type TensorInfo, numel } from "../../src/tensor/tensor.js";
 
@@ -123,10 +124,10 @@ describe("planning reads no tensor bytes", () => {
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
-  it("planFromHf and planToHf on a checkpoint's headers never touch its files after opening", () => {
-    const ckpt = Checkpoint.open(path.join(dir, "tiny"));
+  it("planFromHf and planToHf on a checkpoint's headers never touch its files after opening", async () => {
+    const ckpt = await openCheckpoint(path.join(dir, "tiny"));
     try {
-      const adapter = new NemotronOmniStateDictAdapter(ckpt.readConfig());
+      const adapter = new NemotronOmniStateDictAdapter((await ckpt.readConfig()).values);
       expect(ckpt.files.length).toBeGreaterThan(1);
       const spies = ckpt.files.flatMap((f) => [vi.spyOn(f.source, "readSync"), vi.spyOn(f.source, "read")]);
       const reads = (): number => spies.reduce((n, s) => n + s.mock.calls.length, 0);
@@ -147,7 +148,7 @@ describe("planning reads no tensor bytes", () => {
 
       // The spies do see reads: reading one tensor goes through them.
       const first = [...ckpt.tensors.values()][0]!;
-      first.file.readTensor(first.name);
+      first.file.readTensorSync(first.name);
       expect(reads()).toBeGreaterThan(0);
     } finally {
       ckpt.close();

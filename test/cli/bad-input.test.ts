@@ -11,8 +11,8 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { spawnSync } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { SafetensorsFile } from "../../src/safetensors/file.js";
-import { serialize } from "../../src/safetensors/writer.js";
+import { openSafetensors } from "../helpers/fixtures.js";
+import { serialize } from "../../src/safetensors/encode.js";
 import type { Tensor } from "../../src/tensor/tensor.js";
 import { type AsyncCliResult, runCliAsync } from "../helpers/cli-async.js";
 import { runCli, snapshot, tempDir } from "../helpers/cli.js";
@@ -114,9 +114,9 @@ function entry(d: Draft, name: string): Entry {
 
 /** Read every tensor of a (small) shard, change the set, and write it back as a valid file. */
 function rewriteShard(file: string, edit: (tensors: Map<string, Tensor>) => void): void {
-  const f = SafetensorsFile.open(file);
+  const f = openSafetensors(file);
   const tensors = new Map<string, Tensor>();
-  for (const name of f.tensors.keys()) tensors.set(name, f.readTensor(name));
+  for (const name of f.tensors.keys()) tensors.set(name, f.readTensorSync(name));
   f.close();
   edit(tensors);
   fs.writeFileSync(file, serialize(tensors));
@@ -381,8 +381,8 @@ const folderCases = inGroup("folder", [
     // Shard 1 also carries a tensor the index places in shard 2 (where it still is).
     name: "tensor present in two shards",
     build: (dir) => {
-      const f = SafetensorsFile.open(path.join(dir, SHARD2));
-      const stray = f.readTensor("language_model.backbone.layers.1.norm.weight");
+      const f = openSafetensors(path.join(dir, SHARD2));
+      const stray = f.readTensorSync("language_model.backbone.layers.1.norm.weight");
       f.close();
       rewriteShard(path.join(dir, SHARD1), (m) => m.set("language_model.backbone.layers.1.norm.weight", stray));
     },
@@ -622,7 +622,7 @@ beforeAll(() => {
   fs.copyFileSync(path.join(base, INDEX), outsideIndex);
   fs.cpSync(base, flagSrc, { recursive: true });
   // The names the table relies on are where it expects them.
-  const first = SafetensorsFile.open(path.join(base, SHARD1));
+  const first = openSafetensors(path.join(base, SHARD1));
   expect(first.header.entries.map((e) => e.name).slice(0, 2)).toEqual([SCALAR, A_LOG]);
   const last = first.header.entries.at(-1)!;
   expect([last.name, last.begin, last.end, first.header.headerLength, first.source.size]).toEqual([LAST, 8752, 9392, 3576, 12976]);

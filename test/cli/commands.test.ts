@@ -1,8 +1,8 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { SafetensorsFile } from "../../src/safetensors/file.js";
-import { serialize } from "../../src/safetensors/writer.js";
+import { openSafetensors } from "../helpers/fixtures.js";
+import { serialize } from "../../src/safetensors/encode.js";
 import type { Tensor } from "../../src/tensor/tensor.js";
 import { runCli, snapshot, startCli, tempDir } from "../helpers/cli.js";
 
@@ -115,9 +115,9 @@ describe("convert: what users see", () => {
   it("diff names the tensor that differs and by how much, and exits 3", () => {
     const changed = path.join(work, "changed");
     fs.cpSync(native, changed, { recursive: true });
-    const file = SafetensorsFile.open(path.join(native, "model.safetensors"));
+    const file = openSafetensors(path.join(native, "model.safetensors"));
     const tensors = new Map<string, Tensor>();
-    for (const name of file.tensors.keys()) tensors.set(name, file.readTensor(name));
+    for (const name of file.tensors.keys()) tensors.set(name, file.readTensorSync(name));
     file.close();
     const name = "language_model.model.norm.weight";
     const t = tensors.get(name)!;
@@ -197,9 +197,9 @@ describe("convert: refusals leave everything as it was", () => {
     const index = JSON.parse(fs.readFileSync(path.join(partial, "model.safetensors.index.json"), "utf8")) as { weight_map: Record<string, string> };
     const victim = "language_model.backbone.layers.4.mixer.experts.2.down_proj.weight";
     const shard = index.weight_map[victim]!;
-    const file = SafetensorsFile.open(path.join(partial, shard));
+    const file = openSafetensors(path.join(partial, shard));
     const kept = new Map<string, Tensor>();
-    for (const name of file.tensors.keys()) if (name !== victim) kept.set(name, file.readTensor(name));
+    for (const name of file.tensors.keys()) if (name !== victim) kept.set(name, file.readTensorSync(name));
     file.close();
     fs.writeFileSync(path.join(partial, shard), serialize(kept));
     delete index.weight_map[victim];

@@ -1,7 +1,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { describe, expect, it } from "vitest";
-import { convertCheckpoint } from "../../src/convert/convert.js";
+import { convertCheckpoint } from "../../src/node/convert.js";
 import { UsageError } from "../../src/errors.js";
 import { tinyCheckpoint } from "../helpers/tiny.js";
 

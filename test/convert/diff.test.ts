@@ -1,8 +1,8 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { diffCheckpoints } from "../../src/convert/diff.js";
-import { synthesize } from "../../src/synth/synth.js";
+import { diffCheckpoints } from "../../src/node/checks.js";
+import { synthesize } from "../../src/node/synth.js";
 import { tempDir } from "../helpers/cli.js";
 
 const work = tempDir();

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import type { PlannedTensor } from "../../src/adapters/plan.js";
 import { type TensorSink, type TensorSource, streamTensors } from "../../src/convert/stream.js";
-import { WriteError } from "../../src/safetensors/writer.js";
+import { WriteError } from "../../src/errors.js";
 import { contiguous, transpose } from "../../src/tensor/view.js";
 import { arenaAllFree } from "../helpers/arena.js";
 

@@ -1,10 +1,10 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { describe, expect, it } from "vitest";
-import { convertCheckpoint } from "../../src/convert/convert.js";
-import { verifyCheckpoint } from "../../src/convert/verify.js";
-import { SafetensorsFile } from "../../src/safetensors/file.js";
-import { serialize } from "../../src/safetensors/writer.js";
+import { openSafetensors } from "../helpers/fixtures.js";
+import { convertCheckpoint } from "../../src/node/convert.js";
+import { verifyCheckpoint } from "../../src/node/checks.js";
+import { serialize } from "../../src/safetensors/encode.js";
 import { castInto } from "../../src/tensor/cast.js";
 import type { Tensor } from "../../src/tensor/tensor.js";
 import { FormatError } from "../../src/errors.js";
@@ -27,10 +27,10 @@ describe("verifyCheckpoint", () => {
     const narrowMamba = path.join(work, "bf16-mamba");
     fs.cpSync(hf, narrowMamba, { recursive: true });
     const shard = path.join(narrowMamba, "model.safetensors");
-    const file = SafetensorsFile.open(shard);
+    const file = openSafetensors(shard);
     const tensors = new Map<string, Tensor>();
     for (const name of file.tensors.keys()) {
-      const t = file.readTensor(name);
+      const t = file.readTensorSync(name);
       if (!name.endsWith("mixer.A_log")) tensors.set(name, t);
       else {
         const data = new Uint8Array(t.data.byteLength / 2);

@@ -1,7 +1,10 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
-import { Checkpoint } from "../../src/safetensors/checkpoint.js";
+import type { Checkpoint } from "../../src/safetensors/checkpoint.js";
+import { SafetensorsFile } from "../../src/safetensors/file.js";
+import { FileSource } from "../../src/node/file-source.js";
+import { type SourceOptions, openSource } from "../../src/node/sources.js";
 import type { Tensor } from "../../src/tensor/tensor.js";
 import { seededRandom as uniform } from "./random.js";
 
@@ -34,16 +37,25 @@ export function oracleCases(): OracleCase[] {
     });
 }
 
-/** Every tensor of a (small) checkpoint in memory: for fixtures only. */
+/**
+ * Every tensor of a (small) checkpoint in memory, read synchronously: a folder's `model.safetensors` or
+ * indexed shards, or one `.safetensors` file. For fixtures only; the library's own reader is what the
+ * tests test, and `Checkpoint.open` validates the same folders elsewhere.
+ */
 export function loadAll(location: string): Map<string, Tensor> {
-  const ckpt = Checkpoint.open(location);
-  try {
-    const out = new Map<string, Tensor>();
-    for (const t of ckpt.tensors.values()) out.set(t.name, t.file.readTensor(t.name));
-    return out;
-  } finally {
-    ckpt.close();
+  const files: string[] = [];
+  if (fs.statSync(location).isFile()) files.push(location);
+  else if (fs.existsSync(path.join(location, "model.safetensors"))) files.push(path.join(location, "model.safetensors"));
+  else {
+    const index = JSON.parse(fs.readFileSync(path.join(location, "model.safetensors.index.json"), "utf8")) as { weight_map: Record<string, string> };
+    for (const shard of new Set(Object.values(index.weight_map))) files.push(path.join(location, shard));
   }
+  const out = new Map<string, Tensor>();
+  for (const file of files) {
+    const st = SafetensorsFile.fromBytes(new Uint8Array(fs.readFileSync(file)), file);
+    for (const name of st.tensors.keys()) out.set(name, st.readTensorSync(name));
+  }
+  return out;
 }
 
 export function readConfig(dir: string): Record<string, unknown> {
@@ -116,4 +128,14 @@ export function safetensorsFilesUnder(dir: string): string[] {
     else if (d.isFile() && d.name.endsWith(".safetensors")) out.push(full);
   }
   return out;
+}
+
+/** A local `.safetensors` file opened for synchronous reads (tests read fixtures this way). */
+export function openSafetensors(file: string, name = file): SafetensorsFile {
+  return SafetensorsFile.openSync(new FileSource(file, name));
+}
+
+/** A local checkpoint folder (or bare file) opened as the command line would open it. */
+export async function openCheckpoint(location: string, options: SourceOptions = {}): Promise<Checkpoint> {
+  return (await openSource(location, options)).checkpoint;
 }

@@ -1,7 +1,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { afterAll, beforeAll } from "vitest";
-import { synthesize } from "../../src/synth/synth.js";
+import { synthesize } from "../../src/node/synth.js";
 import { tempDir } from "./cli.js";
 
 /**

@@ -4,10 +4,9 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { FormatError, InputError } from "../../src/errors.js";
-import { Checkpoint } from "../../src/safetensors/checkpoint.js";
 import { SafetensorsFile } from "../../src/safetensors/file.js";
-import { type ByteSource, MemorySource } from "../../src/safetensors/source.js";
-import { oracleDir, safetensorsFilesUnder } from "../helpers/fixtures.js";
+import { type ByteSource, MemorySource } from "../../src/io/byte-source.js";
+import { openCheckpoint, oracleDir, safetensorsFilesUnder } from "../helpers/fixtures.js";
 import {
   PREFIX,
   Rng,
@@ -332,7 +331,7 @@ function run(c: Case): Outcome {
   const source = new RecordingSource(c.bytes);
   let file: SafetensorsFile;
   try {
-    file = SafetensorsFile.fromSource(source);
+    file = SafetensorsFile.openSync(source);
   } catch (e) {
     if (!(e instanceof FormatError) || !(e instanceof InputError)) return { problem: describeThrown(e) };
     if (e.file !== NAME || !e.message.startsWith(`${NAME}: `)) return { problem: `FormatError does not name ${NAME}: ${e.message}` };
@@ -386,7 +385,7 @@ function checkAccepted(file: SafetensorsFile, c: Case, source: RecordingSource):
   }
   if (cursor !== dataSize) return `tensors cover ${cursor} of ${dataSize} data bytes`;
   for (const e of entries) {
-    const t = file.readTensor(e.name);
+    const t = file.readTensorSync(e.name);
     const want = c.bytes.subarray(dataStart + e.begin, dataStart + e.end);
     if (t.dtype !== e.dtype || t.shape.join() !== e.shape.join() || t.data.byteLength !== want.byteLength) {
       return `readTensor(${JSON.stringify(e.name)}) gave ${t.dtype}[${t.shape.join(", ")}], ${t.data.byteLength} bytes`;
@@ -538,15 +537,15 @@ describe("fuzzing Checkpoint.open with a mutated index and shards", () => {
   let opened = 0;
 
   /** What is wrong with opening the folder as it is now, if anything. */
-  function outcome(): string | undefined {
+  async function outcome(): Promise<string | undefined> {
     const fds = openFds();
     let problem: string | undefined;
     try {
-      const ckpt = Checkpoint.open(dir);
+      const ckpt = await openCheckpoint(dir);
       opened++;
       try {
         for (const t of ckpt.tensors.values()) {
-          const data = t.file.readTensor(t.name).data;
+          const data = t.file.readTensorSync(t.name).data;
           if (data.byteLength !== t.entry.end - t.entry.begin) problem = `${t.name}: read ${data.byteLength} bytes`;
         }
       } finally {
@@ -561,14 +560,14 @@ describe("fuzzing Checkpoint.open with a mutated index and shards", () => {
     return problem;
   }
 
-  it("the unmutated folder opens", () => {
-    expect(outcome()).toBeUndefined();
-    const ckpt = Checkpoint.open(dir);
+  it("the unmutated folder opens", async () => {
+    expect(await outcome()).toBeUndefined();
+    const ckpt = await openCheckpoint(dir);
     expect([...ckpt.tensors.keys()].sort()).toEqual(["__proto__", "a", "c", "constructor", "odd", "z"]);
     ckpt.close();
   });
 
-  it(`survives ${INDEX_CASES} index mutations and ${SHARD_CASES} shard mutations`, () => {
+  it(`survives ${INDEX_CASES} index mutations and ${SHARD_CASES} shard mutations`, async () => {
     const failures: string[] = [];
     opened = 0;
     const original = indexText(); // ASCII: the same as latin1
@@ -584,7 +583,7 @@ describe("fuzzing Checkpoint.open with a mutated index and shards", () => {
         log.push(what);
       }
       fs.writeFileSync(path.join(dir, INDEX), fromLatin1(text));
-      const problem = outcome();
+      const problem = await outcome();
       if (problem) {
         const b = fromLatin1(text);
         failures.push(
@@ -601,7 +600,7 @@ describe("fuzzing Checkpoint.open with a mutated index and shards", () => {
       const headerEnd = PREFIX + Number(new DataView(seed.buffer, seed.byteOffset).getBigUint64(0, true));
       const [bytes, what] = mutateBytes(seed, headerEnd, rng);
       fs.writeFileSync(path.join(dir, shard), bytes);
-      const problem = outcome();
+      const problem = await outcome();
       if (problem) {
         failures.push(`shard case ${i} (case seed 0x${s.toString(16)}), ${shard}: ${problem}\n  mutation: ${what}\n  bytes[0, 96): ${hex(bytes, 0, 96)}`);
       }

@@ -2,6 +2,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
+import { openSafetensors } from "../helpers/fixtures.js";
 import { FormatError, InputError } from "../../src/errors.js";
 import { SafetensorsFile } from "../../src/safetensors/file.js";
 import { MAX_HEADER_LENGTH, PREFIX_LENGTH, parseHeader, readHeaderLength } from "../../src/safetensors/header.js";
@@ -348,12 +349,12 @@ describe("valid but unusual files", () => {
     const data = new Uint8Array([...f32(1.5, -2), 7, 8, 9, 10]);
     const st = open(build(header, data));
     expect([...st.tensors.keys()]).toEqual(["__proto__", "constructor", "toString"]);
-    const proto = st.readTensor("__proto__");
+    const proto = st.readTensorSync("__proto__");
     expect(proto.dtype).toBe("F32");
     expect(proto.shape).toEqual([2]);
     expect([...new Float32Array(proto.data.slice().buffer)]).toEqual([1.5, -2]);
-    expect(st.readTensor("constructor")).toEqual({ dtype: "U8", shape: [3], data: new Uint8Array([7, 8, 9]) });
-    expect(st.readTensor("toString").data).toEqual(new Uint8Array([10]));
+    expect(st.readTensorSync("constructor")).toEqual({ dtype: "U8", shape: [3], data: new Uint8Array([7, 8, 9]) });
+    expect(st.readTensorSync("toString").data).toEqual(new Uint8Array([10]));
     // Nothing leaked onto Object.prototype.
     expect(({} as Record<string, unknown>)["dtype"]).toBeUndefined();
     expect(Object.getPrototypeOf({})).toBe(Object.prototype);
@@ -361,7 +362,7 @@ describe("valid but unusual files", () => {
 
   it("reads a __proto__ key inside an entry as an unknown field", () => {
     const st = open(build(`{"w":{"__proto__":{"dtype":"F64"},"dtype":"U8","shape":[2],"data_offsets":[0,2]}}`, new Uint8Array([1, 2])));
-    expect(st.readTensor("w")).toEqual({ dtype: "U8", shape: [2], data: new Uint8Array([1, 2]) });
+    expect(st.readTensorSync("w")).toEqual({ dtype: "U8", shape: [2], data: new Uint8Array([1, 2]) });
   });
 
   it("reads zero-size tensors of shape [0] and [3, 0], at the start, middle and end", () => {
@@ -369,11 +370,11 @@ describe("valid but unusual files", () => {
       `{"z0":${entry("F32", [0], 0, 0)},"a":${entry("U8", [2], 0, 2)},"z1":${entry("BF16", [3, 0], 2, 2)},` +
       `"b":${entry("U8", [1], 2, 3)},"z2":${entry("I64", [0, 5, 7], 3, 3)}}`;
     const st = open(build(header, new Uint8Array([1, 2, 3])));
-    expect(st.readTensor("z0")).toEqual({ dtype: "F32", shape: [0], data: new Uint8Array(0) });
-    expect(st.readTensor("z1")).toEqual({ dtype: "BF16", shape: [3, 0], data: new Uint8Array(0) });
-    expect(st.readTensor("z2")).toEqual({ dtype: "I64", shape: [0, 5, 7], data: new Uint8Array(0) });
-    expect(st.readTensor("a").data).toEqual(new Uint8Array([1, 2]));
-    expect(st.readTensor("b").data).toEqual(new Uint8Array([3]));
+    expect(st.readTensorSync("z0")).toEqual({ dtype: "F32", shape: [0], data: new Uint8Array(0) });
+    expect(st.readTensorSync("z1")).toEqual({ dtype: "BF16", shape: [3, 0], data: new Uint8Array(0) });
+    expect(st.readTensorSync("z2")).toEqual({ dtype: "I64", shape: [0, 5, 7], data: new Uint8Array(0) });
+    expect(st.readTensorSync("a").data).toEqual(new Uint8Array([1, 2]));
+    expect(st.readTensorSync("b").data).toEqual(new Uint8Array([3]));
   });
 
   it("reads a file holding only zero-size tensors and no data", () => {
@@ -388,10 +389,10 @@ describe("valid but unusual files", () => {
     const i64 = new Uint8Array(8);
     new DataView(i64.buffer).setBigInt64(0, -12345678901234n, true);
     const st = open(build(`{"n":${entry("I64", [], 0, 8)},"x":${entry("F32", [], 8, 12)}}`, new Uint8Array([...i64, ...f32(0.25)])));
-    const n = st.readTensor("n");
+    const n = st.readTensorSync("n");
     expect(n.shape).toEqual([]);
     expect(new DataView(n.data.buffer, n.data.byteOffset).getBigInt64(0, true)).toBe(-12345678901234n);
-    const x = st.readTensor("x");
+    const x = st.readTensorSync("x");
     expect(x.shape).toEqual([]);
     expect(new DataView(x.data.buffer, x.data.byteOffset).getFloat32(0, true)).toBe(0.25);
   });
@@ -400,18 +401,18 @@ describe("valid but unusual files", () => {
     const st = open(
       build(`{"w":{"dtype":"U8","extra":{"x":[1,2,{"y":null}]},"shape":[2],"note":"hi","data_offsets":[0,2],"n":1e400}}`, new Uint8Array([5, 6])),
     );
-    expect(st.readTensor("w")).toEqual({ dtype: "U8", shape: [2], data: new Uint8Array([5, 6]) });
+    expect(st.readTensorSync("w")).toEqual({ dtype: "U8", shape: [2], data: new Uint8Array([5, 6]) });
   });
 
   it("accepts a header padded with trailing spaces, and whitespace around tokens", () => {
     const header = `{"w":${entry("U8", [1], 0, 1)}}`;
     for (let pad = 0; pad <= 9; pad++) {
       const st = open(build(header, new Uint8Array([42]), { pad }));
-      expect(st.readTensor("w").data).toEqual(new Uint8Array([42]));
+      expect(st.readTensorSync("w").data).toEqual(new Uint8Array([42]));
       expect(st.header.dataStart).toBe(PREFIX_LENGTH + header.length + pad);
     }
     const st = open(build(` \n{ "w" :\t{"dtype" : "U8", "shape" : [ 1 ] , "data_offsets":[0 , 1]}\r\n}   `, new Uint8Array([9])));
-    expect(st.readTensor("w").data).toEqual(new Uint8Array([9]));
+    expect(st.readTensorSync("w").data).toEqual(new Uint8Array([9]));
   });
 
   it("reads tensors at unaligned offsets", () => {
@@ -422,11 +423,11 @@ describe("valid but unusual files", () => {
     const bytes = build(header, new Uint8Array([0xab, ...f32(1, -0.5, 3.25), ...i64]), { pad: 1 });
     expect((PREFIX_LENGTH + header.length + 1) % 2).toBe(1);
     const st = open(bytes);
-    expect(st.readTensor("b").data).toEqual(new Uint8Array([0xab]));
-    const w = st.readTensor("w");
+    expect(st.readTensorSync("b").data).toEqual(new Uint8Array([0xab]));
+    const w = st.readTensorSync("w");
     const view = new DataView(w.data.buffer, w.data.byteOffset, w.data.byteLength);
     expect([view.getFloat32(0, true), view.getFloat32(4, true), view.getFloat32(8, true)]).toEqual([1, -0.5, 3.25]);
-    const n = st.readTensor("n");
+    const n = st.readTensorSync("n");
     expect(new DataView(n.data.buffer, n.data.byteOffset).getBigInt64(0, true)).toBe(0x0102030405060708n);
     expect(st.position(st.tensors.get("w")!)).toBe(PREFIX_LENGTH + header.length + 1 + 1);
   });
@@ -435,7 +436,7 @@ describe("valid but unusual files", () => {
     const header = `{"second":${entry("U8", [2], 2, 4)},"first":${entry("U8", [2], 0, 2)}}`;
     const st = open(build(header, new Uint8Array([1, 2, 3, 4])));
     expect(st.header.entries.map((e) => e.name)).toEqual(["first", "second"]);
-    expect(st.readTensor("second").data).toEqual(new Uint8Array([3, 4]));
+    expect(st.readTensorSync("second").data).toEqual(new Uint8Array([3, 4]));
   });
 
   it("accepts __metadata__: null, and reads string metadata", () => {
@@ -458,7 +459,7 @@ describe("valid but unusual files", () => {
     const header = `{"caf\\u00e9.w":${entry("U8", [1], 0, 1)},"数据/😀":${entry("U8", [1], 1, 2)},"a\\"b\\\\c":${entry("U8", [1], 2, 3)}}`;
     const st = open(build(header, new Uint8Array([1, 2, 3])));
     expect([...st.tensors.keys()]).toEqual(["café.w", "数据/😀", 'a"b\\c']);
-    expect(st.readTensor("数据/😀").data).toEqual(new Uint8Array([2]));
+    expect(st.readTensorSync("数据/😀").data).toEqual(new Uint8Array([2]));
   });
 
   it("knows every dtype of the format and its item size", () => {
@@ -502,7 +503,7 @@ describe("reading from disk", () => {
     fs.writeFileSync(file, build(`{"w":${entry("F32", [2], 0, 4)}}`, 4));
     const before = process.platform === "linux" ? openFds() : 0;
     for (let i = 0; i < 20; i++) {
-      const e = caught(() => SafetensorsFile.open(file));
+      const e = caught(() => openSafetensors(file));
       expect(e).toBeInstanceOf(FormatError);
       expect((e as FormatError).message).toBe(`${file}: tensor "w": data_offsets [0, 4] span 4 bytes but F32[2] needs 8`);
     }
@@ -513,13 +514,13 @@ describe("reading from disk", () => {
     const file = path.join(dir, "ok.safetensors");
     const bytes = build(`{"w":${entry("U8", [4], 0, 4)}}`, new Uint8Array([1, 2, 3, 4]));
     fs.writeFileSync(file, bytes);
-    const st = SafetensorsFile.open(file, "ok-name");
+    const st = openSafetensors(file, "ok-name");
     try {
       expect(st.name).toBe("ok-name");
-      expect(st.readTensor("w").data).toEqual(new Uint8Array([1, 2, 3, 4]));
+      expect(st.readTensorSync("w").data).toEqual(new Uint8Array([1, 2, 3, 4]));
       // The file shrinks under us: the read must fail loudly.
       fs.truncateSync(file, bytes.byteLength - 2);
-      const e = caught(() => st.readTensor("w"));
+      const e = caught(() => st.readTensorSync("w"));
       expect(e).toBeInstanceOf(FormatError);
       expect((e as FormatError).message).toBe(`ok-name: file ended at byte ${bytes.byteLength - 2}, expected 2 more`);
     } finally {
@@ -529,10 +530,10 @@ describe("reading from disk", () => {
 
   it("refuses a missing file and a directory", () => {
     const missing = path.join(dir, "missing.safetensors");
-    const e = caught(() => SafetensorsFile.open(missing));
+    const e = caught(() => openSafetensors(missing));
     expect(e).toBeInstanceOf(FormatError);
     expect((e as FormatError).message).toBe(`${missing}: cannot open: no such file (ENOENT)`);
-    const d = caught(() => SafetensorsFile.open(dir));
+    const d = caught(() => openSafetensors(dir));
     expect(d).toBeInstanceOf(FormatError);
     expect((d as FormatError).message).toBe(`${dir}: is not a regular file (a directory)`);
   });
@@ -540,14 +541,14 @@ describe("reading from disk", () => {
   it("reads tensors asynchronously and refuses ranges outside a tensor", async () => {
     const file = path.join(dir, "async.safetensors");
     fs.writeFileSync(file, build(`{"a":${entry("U8", [3], 0, 3)},"b":${entry("U8", [5], 3, 8)}}`, new Uint8Array([1, 2, 3, 4, 5, 6, 7, 8])));
-    const st = SafetensorsFile.open(file);
+    const st = openSafetensors(file);
     try {
       const b = st.tensors.get("b")!;
       const buf = new Uint8Array(3);
       await st.readRange(b, 2, buf);
       expect(buf).toEqual(new Uint8Array([6, 7, 8]));
       expect(() => st.readRangeSync(b, 3, new Uint8Array(3))).toThrow(new RangeError("read of 3 bytes at 3 is outside tensor b"));
-      expect(() => st.readTensor("c")).toThrow(new RangeError(`${file}: no tensor "c"`));
+      expect(() => st.readTensorSync("c")).toThrow(new RangeError(`${file}: no tensor "c"`));
     } finally {
       st.close();
     }

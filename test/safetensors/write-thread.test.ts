@@ -4,7 +4,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { BufferPool } from "../../src/convert/buffer-pool.js";
-import { WriteThread, writeThreadFor } from "../../src/safetensors/write-thread.js";
+import { WriteThread, writeThreadFor } from "../../src/node/write-thread.js";
 import { kernelArena } from "../../src/tensor/wasm/kernels.js";
 import { repoRoot } from "../helpers/fixtures.js";
 import { seededRandom, shuffle } from "../helpers/random.js";
@@ -97,9 +97,9 @@ describe.runIf(arena !== undefined)("the writer thread", () => {
   });
 
   it("never keeps a process alive: one that started the thread and wrote nothing, or wrote and is done, exits", () => {
-    const module = path.join(repoRoot, "dist/src/safetensors/write-thread.js");
+    const module = path.join(repoRoot, "dist/src/node/write-thread.js");
     const pool = path.join(repoRoot, "dist/src/convert/buffer-pool.js");
-    const idle = `import { BufferPool } from ${JSON.stringify(pool)}; new BufferPool().startWriter();`;
+    const idle = `import { BufferPool } from ${JSON.stringify(pool)}; import { startWriteThread } from ${JSON.stringify(module)}; startWriteThread(new BufferPool().memory);`;
     const used =
       `import * as fs from "node:fs"; import { BufferPool } from ${JSON.stringify(pool)}; import { writeThreadFor } from ${JSON.stringify(module)};` +
       `const b = new BufferPool().acquire(4); const fd = fs.openSync(${JSON.stringify(path.join(dir, "exit.bin"))}, "w");` +

@@ -2,7 +2,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { UsageError } from "../../src/errors.js";
-import { type SynthOptions, synthesize } from "../../src/synth/synth.js";
+import { type SynthRequest as SynthOptions, synthesize } from "../../src/node/synth.js";
 import { tempDir } from "../helpers/cli.js";
 
 const work = tempDir();

@@ -1,12 +1,14 @@
 import type { Command } from "commander";
 import type { ExpertActivation } from "../../adapters/moe-experts.js";
-import type { ConvertSummary } from "../../convert/convert.js";
+import type { ConvertSummary } from "../../node/convert.js";
+import { parseFaults } from "../../convert/faults.js";
 import { type Layout, layoutShortName } from "../../convert/layout.js";
 import { UsageError } from "../../errors.js";
 import { DEFAULT_MAX_SHARD_SIZE_FLAG } from "../../safetensors/shard-size.js";
 import { formatBytes, formatCount, formatRate, formatSeconds, intFlag, parseSize } from "../format.js";
 import { printJson, say, warn, warnList } from "../output.js";
 import { Progress } from "../progress.js";
+import { SOURCE_HELP, sourceOptions } from "../sources.js";
 
 interface ConvertFlags {
   to: string;
@@ -37,7 +39,7 @@ export function registerConvert(program: Command): void {
   program
     .command("convert")
     .description("convert a checkpoint folder between the HF and native layouts, streaming")
-    .argument("<src>", "checkpoint folder to read (never modified)")
+    .argument("<src>", `${SOURCE_HELP} (never modified)`)
     .argument("<dst>", "folder to create")
     .requiredOption("--to <layout>", "target layout: native or hf")
     .option("--dtype <dtype>", "dtype of the grouped expert tensors (to native): bf16, f32 or f16 (default bf16)")
@@ -58,7 +60,9 @@ export function registerConvert(program: Command): void {
       const ep = flags.epRank !== undefined ? { rank: intFlag(flags.epRank, "--ep-rank"), size: intFlag(flags.epSize!, "--ep-size") } : undefined;
       const quiet = flags.quiet === true || flags.json === true;
       // Loaded on use, so `--help` and the other commands do not pay for the converter's modules.
-      const { convertCheckpoint } = await import("../../convert/convert.js");
+      const { convertCheckpoint } = await import("../../node/convert.js");
+      // For the test suite's fault tests only; the library takes faults as an option, never from the environment.
+      const faults = parseFaults(process.env["OMNI_CKPT_FAULT"]);
       let progress: Progress | undefined;
       const summary = await convertCheckpoint({
         src,
@@ -72,7 +76,8 @@ export function registerConvert(program: Command): void {
         ...(flags.expertActivation !== undefined ? { expertActivation: flags.expertActivation as ExpertActivation } : {}),
         maxShardSize: parseSize(flags.maxShardSize),
         ...(flags.force ? { force: true } : {}),
-        ...(flags.followSymlinks ? { followSymlinks: true } : {}),
+        ...sourceOptions(flags),
+        ...(faults ? { faults } : {}),
         onPlan: (plan) => {
           progress = new Progress(!quiet, "converting", plan.outputBytes, plan.tensors.length);
         },
@@ -88,7 +93,8 @@ export function registerConvert(program: Command): void {
       if (flags.quiet) return;
       warnList(summary.warnings.map((w) => `warning: ${w.message}`));
       if (summary.skippedFiles.length > 0) warn(`not copied (weights of another checkpoint): ${summary.skippedFiles.join(", ")}`);
-      if (summary.configChanged) warn("config.json: num_hidden_layers and the layer pattern were cut to --num-layers");
+      if (!summary.auxListed) warn(`${src} cannot be listed, so only its config.json and weights were read; no other file (tokenizer, processor, code) was copied`);
+      if (summary.configChanged) warn("config.json: num_hidden_layers and the layer pattern were cut to --num-layers (every other field kept as written)");
       say(describe(summary));
     });
 }

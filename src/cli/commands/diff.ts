@@ -3,21 +3,22 @@ import { EXIT_DIFFERENT } from "../../errors.js";
 import { formatCount, formatSeconds } from "../format.js";
 import { printJson, say } from "../output.js";
 import { Progress } from "../progress.js";
+import { SOURCE_HELP, sourceOptions } from "../sources.js";
 
 export function registerDiff(program: Command): void {
   program
     .command("diff")
     .description("compare two checkpoints of the same layout tensor by tensor (exit 0 only if identical)")
-    .argument("<a>", "checkpoint folder or .safetensors file")
-    .argument("<b>", "checkpoint folder or .safetensors file")
+    .argument("<a>", `${SOURCE_HELP}, or a .safetensors file`)
+    .argument("<b>", `${SOURCE_HELP}, or a .safetensors file`)
     .option("--json", "print the report, with per-tensor sha256, as JSON")
     .option("-q, --quiet", "print nothing; the exit code tells")
     .option("--follow-symlinks", "allow shards that are symlinks leading outside the folders")
     .action(async (a: string, b: string, flags: { json?: boolean; quiet?: boolean; followSymlinks?: boolean }) => {
-      const { diffCheckpoints } = await import("../../convert/diff.js");
+      const { diffCheckpoints } = await import("../../node/checks.js");
       let progress: Progress | undefined;
       const report = await diffCheckpoints(a, b, {
-        ...(flags.followSymlinks ? { followSymlinks: true } : {}),
+        ...sourceOptions(flags),
         // Hashes are only shown in the JSON report; without it, hashing every byte would be wasted.
         hashes: flags.json === true,
         onProgress: (done, total) => {

@@ -4,6 +4,7 @@ import { layoutName, layoutShortName } from "../../convert/layout.js";
 import { DEFAULT_MAX_SHARD_SIZE_FLAG } from "../../safetensors/shard-size.js";
 import { formatBytes, formatCount, table } from "../format.js";
 import { printJson, say } from "../output.js";
+import { SOURCE_HELP, sourceOptions } from "../sources.js";
 
 function render(r: InspectReport): string {
   const lines: string[] = [];
@@ -25,7 +26,11 @@ function render(r: InspectReport): string {
     const m = r.model;
     lines.push("");
     lines.push(`model: ${m.kind === "omni" ? "Nemotron Omni" : "NemotronH"}, ${m.layers} language-model layers${m.hidden !== undefined ? `, hidden ${m.hidden}` : ""}`);
-    if (m.pattern !== undefined) lines.push(`layer pattern: ${m.pattern} (M Mamba, E MoE, * attention, - MLP)`);
+    lines.push(
+      m.pattern !== undefined
+        ? `layer pattern: ${m.pattern} (M Mamba, E MoE, * attention, - MLP)`
+        : "layer pattern: not in config.json (no hybrid_override_pattern or layers_block_type)",
+    );
     lines.push(m.experts !== undefined ? `experts: ${m.experts} routed per MoE layer, width ${m.expertWidth}` : "experts: none (dense)");
     if (m.mtpLayers !== undefined) lines.push(`MTP: ${m.mtpLayers} next-token prediction module${m.mtpLayers === 1 ? "" : "s"}`);
   }
@@ -42,12 +47,12 @@ export function registerInspect(program: Command): void {
   program
     .command("inspect")
     .description("describe a checkpoint from its headers: layout, components, model shape, what convert would produce")
-    .argument("<dir>", "checkpoint folder or .safetensors file")
+    .argument("<dir>", `${SOURCE_HELP}, or a .safetensors file`)
     .option("--json", "print the report as JSON")
     .option("--follow-symlinks", "allow shards that are symlinks leading outside the folder")
     .action(async (dir: string, flags: { json?: boolean; followSymlinks?: boolean }) => {
-      const { inspectCheckpoint } = await import("../../convert/inspect.js");
-      const report = inspectCheckpoint(dir, flags.followSymlinks ? { followSymlinks: true } : {});
+      const { inspectCheckpoint } = await import("../../node/checks.js");
+      const report = await inspectCheckpoint(dir, sourceOptions(flags));
       if (flags.json) printJson(report);
       else say(render(report));
     });

@@ -21,7 +21,7 @@ export function registerSynth(program: Command): void {
     .action(async (dir: string, flags: { preset: string; seed: string; dtype: string; scale: string; maxShardSize: string; force?: boolean; json?: boolean; sparse?: boolean }) => {
       const dtype = flags.dtype.toLowerCase();
       if (dtype !== "bf16" && dtype !== "f32") throw new UsageError(`--dtype must be bf16 or f32, got ${JSON.stringify(flags.dtype)}`);
-      const { synthesize } = await import("../../synth/synth.js");
+      const { synthesize } = await import("../../node/synth.js");
       const summary = await synthesize(dir, {
         preset: flags.preset,
         seed: intFlag(flags.seed, "--seed"),

@@ -4,20 +4,21 @@ import { EXIT_DIFFERENT } from "../../errors.js";
 import { formatBytes, formatCount, formatSeconds, table } from "../format.js";
 import { printJson, say } from "../output.js";
 import { Progress } from "../progress.js";
+import { SOURCE_HELP, sourceOptions } from "../sources.js";
 
 export function registerVerify(program: Command): void {
   program
     .command("verify")
     .description("prove that converting to the other layout and back returns every tensor bit for bit (nothing is written)")
-    .argument("<dir>", "checkpoint folder")
+    .argument("<dir>", SOURCE_HELP)
     .option("--json", "print the report as JSON")
     .option("-q, --quiet", "print nothing; the exit code tells")
     .option("--follow-symlinks", "allow shards that are symlinks leading outside the folder")
     .action(async (dir: string, flags: { json?: boolean; quiet?: boolean; followSymlinks?: boolean }) => {
-      const { verifyCheckpoint } = await import("../../convert/verify.js");
+      const { verifyCheckpoint } = await import("../../node/checks.js");
       let progress: Progress | undefined;
       const report = await verifyCheckpoint(dir, {
-        ...(flags.followSymlinks ? { followSymlinks: true } : {}),
+        ...sourceOptions(flags),
         onProgress: (bytes, tensors, totalBytes, totalTensors) => {
           progress ??= new Progress(!flags.quiet && !flags.json, "verifying", totalBytes, totalTensors);
           progress.update(bytes, tensors);

@@ -13,10 +13,18 @@ interface Exports {
 
 let loaded: Exports | null | undefined;
 
+/** The module's bytes from their base64 text, with what browsers and Node both have (no `Buffer`). */
+function fromBase64(text: string): Uint8Array {
+  const binary = atob(text);
+  const out = new Uint8Array(binary.length);
+  for (let i = 0; i < binary.length; i++) out[i] = binary.charCodeAt(i);
+  return out;
+}
+
 function load(): Exports | null {
   if (loaded !== undefined) return loaded;
   try {
-    loaded = new WebAssembly.Instance(new WebAssembly.Module(Buffer.from(KERNELS_WASM, "base64"))).exports as unknown as Exports;
+    loaded = new WebAssembly.Instance(new WebAssembly.Module(fromBase64(KERNELS_WASM))).exports as unknown as Exports;
   } catch {
     // No WebAssembly SIMD here: every transpose takes the JavaScript path.
     loaded = null;

@@ -106,6 +106,11 @@ export class WriteThread {
 
 let shared: WriteThread | null | undefined;
 
+/** Start the process's writer thread now, for `memory` (the kernels' arena), so its start-up overlaps other work. */
+export function startWriteThread(memory: ArrayBufferLike | undefined): void {
+  if (memory) writeThreadFor(memory);
+}
+
 /**
  * The process's writer thread, started on first use, when `memory` is the kernels' arena (shared memory
  * everything in a stream is carved from); for any other memory, undefined.

@@ -1,16 +1,16 @@
-import * as fs from "node:fs";
-import * as path from "node:path";
-import { UsageError } from "../errors.js";
-import { CONFIG_FILE } from "../safetensors/checkpoint.js";
-import { DEFAULT_MAX_SHARD_SIZE, ShardedWriter, planShards, writeFileDurably, writeIndex } from "../safetensors/sharded-writer.js";
-import { encodeHeader, referenceOrder } from "../safetensors/writer.js";
-import { byteLength } from "../tensor/tensor.js";
-import { OutputFolder } from "../convert/output-folder.js";
+import { UsageError, throwIfAborted } from "../errors.js";
+import type { OutputStore } from "../io/output.js";
+import { referenceOrder } from "../safetensors/encode.js";
+import { CONFIG_FILE } from "../safetensors/shard-plan.js";
+import { DEFAULT_MAX_SHARD_SIZE } from "../safetensors/shard-size.js";
+import { ShardedWriter } from "../safetensors/sharded-writer.js";
 import type { DType } from "../tensor/dtype.js";
+import { byteLength } from "../tensor/tensor.js";
 import { PRESETS, type SynthPreset } from "./presets.js";
 
 export interface SynthOptions {
   readonly preset?: string;
+  readonly signal?: AbortSignal;
   readonly seed?: number;
   /** dtype of the weights; Mamba A_log/D/dt_bias, norms' running stats and the routing bias stay float32. */
   readonly dtype?: "BF16" | "F32";
@@ -269,25 +269,17 @@ export interface SynthSummary {
   readonly files: readonly string[];
 }
 
-/** Shards with real headers and holes for data, plus the index: a sparse placeholder of any size. */
-function writeSparse(dir: string, tensors: readonly SynthTensor[], maxShardSize: number): string[] {
-  const plans = planShards(tensors, maxShardSize);
-  for (const plan of plans) {
-    const header = encodeHeader(plan.tensors);
-    const fd = fs.openSync(path.join(dir, plan.file), "wx", 0o644);
-    try {
-      fs.writeSync(fd, header.bytes);
-      fs.ftruncateSync(fd, header.bytes.byteLength + header.dataSize);
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
-  }
-  return writeIndex(dir, plans);
+/** A synthetic checkpoint's plan: its preset, tensors in the order they are stored, and config. */
+export interface SynthPlan {
+  readonly preset: SynthPreset;
+  readonly tensors: readonly SynthTensor[];
+  readonly config: Record<string, unknown>;
+  readonly seed: number;
+  readonly maxShardSize: number;
 }
 
-/** Write a synthetic HF-layout checkpoint to `dir` (built in a temporary sibling, renamed when complete). */
-export async function synthesize(dir: string, options: SynthOptions = {}): Promise<SynthSummary> {
+/** Validate synth's options and lay the checkpoint out. */
+export function planSynth(options: SynthOptions): SynthPlan {
   const preset = PRESETS[options.preset ?? "tiny"];
   if (!preset) throw new UsageError(`unknown preset ${JSON.stringify(options.preset)}: use ${Object.keys(PRESETS).join(", ")}`);
   const scale = options.scale ?? 1;
@@ -297,28 +289,40 @@ export async function synthesize(dir: string, options: SynthOptions = {}): Promi
   const dtype = options.dtype ?? "BF16";
   if (dtype !== "BF16" && dtype !== "F32") throw new UsageError(`dtype must be BF16 or F32, got ${JSON.stringify(dtype)}`);
   const { tensors, config } = synthLayout(preset, { dtype, scale });
-  const ordered = referenceOrder(tensors);
-  const out = OutputFolder.prepare(dir, options.force ? { force: true } : {});
-  let writer: ShardedWriter | undefined;
+  return { preset, tensors: referenceOrder(tensors), config, seed, maxShardSize: options.maxShardSize ?? DEFAULT_MAX_SHARD_SIZE };
+}
+
+const encoder = new TextEncoder();
+
+/** The small files a synthetic checkpoint carries besides its weights: config.json and stand-ins for the rest. */
+export function synthOtherFiles(plan: SynthPlan): [string, Uint8Array][] {
+  const json = (v: unknown): Uint8Array => encoder.encode(`${JSON.stringify(v, null, 2)}\n`);
+  return [
+    [CONFIG_FILE, json(plan.config)],
+    ["tokenizer_config.json", json({ tokenizer_class: "PreTrainedTokenizerFast", model_max_length: 131072, note: "synthetic checkpoint made by omni-ckpt synth" })],
+    ["generation_config.json", json({ do_sample: false, max_new_tokens: 16 })],
+  ];
+}
+
+/** Write a synthetic HF-layout checkpoint's files into an output, tensor by tensor. Returns the files written. */
+export async function writeSynth(plan: SynthPlan, out: OutputStore, signal?: AbortSignal): Promise<string[]> {
+  const writer = await ShardedWriter.create(out, plan.tensors, plan.maxShardSize);
+  let files: string[];
   try {
-    let files: string[];
-    if (options.sparse) files = writeSparse(out.tmp, ordered, options.maxShardSize ?? DEFAULT_MAX_SHARD_SIZE);
-    else {
-      writer = new ShardedWriter(out.tmp, ordered, options.maxShardSize ?? DEFAULT_MAX_SHARD_SIZE);
-      for (const t of ordered) await writer.write(t.name, 0, synthBytes(t, seed));
-      files = await writer.finish(() => undefined);
+    for (const t of plan.tensors) {
+      throwIfAborted(signal);
+      await writer.write(t.name, 0, synthBytes(t, plan.seed));
     }
-    writeFileDurably(path.join(out.tmp, CONFIG_FILE), `${JSON.stringify(config, null, 2)}\n`);
-    writeFileDurably(
-      path.join(out.tmp, "tokenizer_config.json"),
-      `${JSON.stringify({ tokenizer_class: "PreTrainedTokenizerFast", model_max_length: 131072, note: "synthetic checkpoint made by omni-ckpt synth" }, null, 2)}\n`,
-    );
-    writeFileDurably(path.join(out.tmp, "generation_config.json"), `${JSON.stringify({ do_sample: false, max_new_tokens: 16 }, null, 2)}\n`);
-    out.commit();
-    const bytes = ordered.reduce((n, t) => n + byteLength(t), 0);
-    return { dir, preset: preset.name, tensors: ordered.length, bytes, files: [...files, CONFIG_FILE, "tokenizer_config.json", "generation_config.json"] };
+    files = await writer.finish();
   } catch (e) {
-    writer?.abandon();
-    throw out.fail(e);
+    writer.abandon();
+    throw e;
   }
+  for (const [rel, bytes] of synthOtherFiles(plan)) await out.writeFile(rel, bytes);
+  return [...files, ...synthOtherFiles(plan).map(([rel]) => rel)];
+}
+
+/** The summary of a synthetic checkpoint written to `dir`. */
+export function synthSummary(plan: SynthPlan, dir: string, files: readonly string[]): SynthSummary {
+  return { dir, preset: plan.preset.name, tensors: plan.tensors.length, bytes: plan.tensors.reduce((n, t) => n + byteLength(t), 0), files };
 }

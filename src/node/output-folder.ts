@@ -1,8 +1,8 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { InputError, UsageError } from "../errors.js";
-import { WriteError } from "../safetensors/writer.js";
-import { describeIoError } from "../safetensors/source.js";
+import { InputError, UsageError, WriteError } from "../errors.js";
+import { describeIoError } from "./file-source.js";
+import { fsyncPath } from "./local-output.js";
 
 const TMP_TAG = ".omni-ckpt-tmp-";
 const OLD_TAG = ".omni-ckpt-old-";
@@ -47,16 +47,6 @@ function within(child: string, parent: string): boolean {
   return child === parent || child.startsWith(parent.endsWith(path.sep) ? parent : parent + path.sep);
 }
 
-/** Sync a file or folder (its entries) to disk. */
-export function fsyncPath(p: string): void {
-  const fd = fs.openSync(p, "r");
-  try {
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
 /**
  * PID plus a random tag: unique enough beside a lock file, and a clash only fails `mkdir`. Not from
  * node:crypto, whose OpenSSL start-up alone costs a conversion ~10 ms.
@@ -65,24 +55,18 @@ function uniqueSuffix(): string {
   return `${process.pid}-${Math.floor(Math.random() * 0x1_0000_0000).toString(16).padStart(8, "0")}`;
 }
 
+/** Output folders being built in this process, for a host that must stop at once (see `abortOutputs`). */
 const active = new Set<OutputFolder>();
-let handlersInstalled = false;
 
-/** On Ctrl-C or a kill, remove what is half-built before exiting; a SIGKILL leaves it for the next run. */
-function installSignalHandlers(): void {
-  if (handlersInstalled) return;
-  handlersInstalled = true;
-  const onSignal = (signal: NodeJS.Signals, code: number): void => {
-    const had = active.size > 0;
-    for (const o of [...active]) o.abort();
-    if (had) process.stderr.write(`omni-ckpt: interrupted by ${signal}; the partial output was removed\n`);
-    process.exit(code);
-  };
-  process.on("SIGINT", () => onSignal("SIGINT", 130));
-  process.on("SIGTERM", () => onSignal("SIGTERM", 143));
-  process.on("exit", () => {
-    for (const o of [...active]) o.abort();
-  });
+/**
+ * Remove every output still being built in this process and return how many there were: for a command
+ * line's signal handler, which must exit now rather than wait for the operations' `AbortSignal` to be
+ * heard. A library call never installs such a handler itself; it cleans up when its signal aborts it.
+ */
+export function abortOutputs(): number {
+  const n = active.size;
+  for (const o of [...active]) o.abort();
+  return n;
 }
 
 /**
@@ -141,7 +125,6 @@ export class OutputFolder {
       if (e instanceof InputError || e instanceof WriteError) throw e;
       throw new WriteError(`${tmp}: cannot create the temporary folder: ${describeIoError(e)}`);
     }
-    installSignalHandlers();
     active.add(folder);
     return folder;
   }

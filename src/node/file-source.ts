@@ -1,44 +1,18 @@
 import * as fs from "node:fs";
-import { FormatError } from "../errors.js";
+import { FormatError, ReadError } from "../errors.js";
+import type { ByteSource } from "../io/byte-source.js";
 
-/**
- * Everything the format code needs from storage: a size and positional reads. Parsers never touch `fs`
- * directly, so the same code reads files, in-memory fixtures and hand-built malformed bytes.
- */
-export interface ByteSource {
-  /** How the source is named in messages. */
-  readonly name: string;
-  readonly size: number;
-  /** Fill `buf` from `position`; a short read is an error, never silently zero bytes. */
-  readSync(buf: Uint8Array, position: number): void;
-  read(buf: Uint8Array, position: number): Promise<void>;
-  close(): void;
+/** Error codes that mean the storage failed, not that the user named a bad file: running again may work. */
+const STORAGE_FAILURES: ReadonlySet<string> = new Set(["EIO", "ENXIO", "ESTALE", "ETIMEDOUT", "ENOMEM", "EAGAIN", "EBUSY"]);
+
+/** A failed open or read, classified: the disk failing is an I/O error, anything else the input's. */
+export function readFailure(name: string, what: string, e: unknown): FormatError | ReadError {
+  const code = e && typeof e === "object" && "code" in e ? String((e as { code: unknown }).code) : "";
+  const detail = `${what}: ${describeIoError(e)}`;
+  return STORAGE_FAILURES.has(code) ? new ReadError(`${name}: ${detail}`) : new FormatError(name, detail);
 }
 
-export class MemorySource implements ByteSource {
-  constructor(
-    private readonly bytes: Uint8Array,
-    readonly name = "<memory>",
-  ) {}
-
-  get size(): number {
-    return this.bytes.byteLength;
-  }
-
-  readSync(buf: Uint8Array, position: number): void {
-    if (position < 0 || position + buf.byteLength > this.bytes.byteLength) {
-      throw new FormatError(this.name, `read of ${buf.byteLength} bytes at ${position} is past the end (${this.size} bytes)`);
-    }
-    buf.set(this.bytes.subarray(position, position + buf.byteLength));
-  }
-
-  async read(buf: Uint8Array, position: number): Promise<void> {
-    this.readSync(buf, position);
-  }
-
-  close(): void {}
-}
-
+/** A local file read by positional reads, synchronously where the caller prefers it. */
 export class FileSource implements ByteSource {
   private fd: number | undefined;
   readonly size: number;
@@ -54,7 +28,7 @@ export class FileSource implements ByteSource {
     try {
       fd = fs.openSync(path, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
     } catch (e) {
-      throw new FormatError(name, `cannot open: ${describeIoError(e)}`);
+      throw readFailure(name, "cannot open", e);
     }
     try {
       const st = fs.fstatSync(fd);
@@ -72,6 +46,10 @@ export class FileSource implements ByteSource {
     return this.fd;
   }
 
+  private ended(position: number, missing: number): FormatError {
+    return new FormatError(this.name, `file ended at byte ${position}, expected ${missing} more`);
+  }
+
   readSync(buf: Uint8Array, position: number): void {
     const fd = this.handle();
     let done = 0;
@@ -80,9 +58,9 @@ export class FileSource implements ByteSource {
       try {
         n = fs.readSync(fd, buf, done, buf.byteLength - done, position + done);
       } catch (e) {
-        throw new FormatError(this.name, `read failed at byte ${position + done}: ${describeIoError(e)}`);
+        throw readFailure(this.name, `read failed at byte ${position + done}`, e);
       }
-      if (n === 0) throw new FormatError(this.name, `file ended at byte ${position + done}, expected ${buf.byteLength - done} more`);
+      if (n === 0) throw this.ended(position + done, buf.byteLength - done);
       done += n;
     }
   }
@@ -96,8 +74,8 @@ export class FileSource implements ByteSource {
           return;
         }
         fs.read(fd, buf, done, buf.byteLength - done, position + done, (err, n) => {
-          if (err) reject(new FormatError(this.name, `read failed at byte ${position + done}: ${describeIoError(err)}`));
-          else if (n === 0) reject(new FormatError(this.name, `file ended at byte ${position + done}, expected ${buf.byteLength - done} more`));
+          if (err) reject(readFailure(this.name, `read failed at byte ${position + done}`, err));
+          else if (n === 0) reject(this.ended(position + done, buf.byteLength - done));
           else step(done + n);
         });
       };

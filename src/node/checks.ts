@@ -1,0 +1,55 @@
+import * as crypto from "node:crypto";
+import { type CompareOptions, type DiffReport, type Hasher, compareCheckpoints } from "../convert/diff.js";
+import { type InspectReport, describeCheckpoint } from "../convert/inspect.js";
+import { type VerifyOptions, type VerifyReport, verifyRoundTrip } from "../convert/verify.js";
+import { type SourceOptions, openSource } from "./sources.js";
+
+/** sha256 in hex, from Node's crypto (loaded only by the commands that hash). */
+export function sha256(): Hasher {
+  const h = crypto.createHash("sha256");
+  return {
+    update: (bytes) => void h.update(bytes),
+    digest: () => h.digest("hex"),
+  };
+}
+
+/** `inspect` of a checkpoint named as on the command line (folder, cache snapshot, repo id or file). */
+export async function inspectCheckpoint(location: string, options: SourceOptions & { signal?: AbortSignal } = {}): Promise<InspectReport> {
+  const { checkpoint } = await openSource(location, options);
+  try {
+    return await describeCheckpoint(checkpoint, location, options.signal);
+  } finally {
+    checkpoint.close();
+  }
+}
+
+/** `verify` of a checkpoint named as on the command line. */
+export async function verifyCheckpoint(location: string, options: SourceOptions & VerifyOptions = {}): Promise<VerifyReport> {
+  const { checkpoint } = await openSource(location, options);
+  try {
+    return { ...(await verifyRoundTrip(checkpoint, options)), dir: location };
+  } finally {
+    checkpoint.close();
+  }
+}
+
+export interface DiffOptions extends SourceOptions, Omit<CompareOptions, "hasher"> {
+  /** Also hash every compared tensor (sha256, in `hashes`); the comparison itself does not need it. Default true. */
+  readonly hashes?: boolean;
+}
+
+/** `diff` of two checkpoints named as on the command line. */
+export async function diffCheckpoints(pathA: string, pathB: string, options: DiffOptions = {}): Promise<DiffReport> {
+  const { checkpoint: a } = await openSource(pathA, options);
+  try {
+    const { checkpoint: b } = await openSource(pathB, options);
+    try {
+      const report = await compareCheckpoints(a, b, { ...options, ...(options.hashes ?? true ? { hasher: sha256 } : {}) });
+      return { ...report, a: pathA, b: pathB };
+    } finally {
+      b.close();
+    }
+  } finally {
+    a.close();
+  }
+}

@@ -1,0 +1,70 @@
+import type { Diagnostic } from "../adapters/plan.js";
+import { checkShardSize, conversionSummary, prepareConversion, writeConversion, type WriteOptions } from "../convert/convert.js";
+import type { Layout } from "../convert/layout.js";
+import type { ConvertOptions } from "../convert/planner.js";
+import { BufferPool } from "../convert/buffer-pool.js";
+import { InputError } from "../errors.js";
+import { LocalOutput } from "./local-output.js";
+import { OutputFolder } from "./output-folder.js";
+import { type SourceOptions, openSource } from "./sources.js";
+import { startWriteThread } from "./write-thread.js";
+
+export interface ConvertRequest extends ConvertOptions, WriteOptions, SourceOptions {
+  /** A checkpoint folder, a Hugging Face cache snapshot, or a repo id (`ORG/NAME[@REV]`) in the cache. */
+  readonly src: string;
+  readonly dst: string;
+  readonly force?: boolean;
+  /** Leftovers of interrupted runs removed or restored, as they are found. */
+  readonly onNote?: (note: string) => void;
+}
+
+export interface ConvertSummary {
+  readonly src: string;
+  readonly dst: string;
+  readonly from: Layout;
+  readonly to: Layout;
+  readonly tensorsIn: number;
+  readonly tensorsOut: number;
+  readonly bytesIn: number;
+  readonly bytesOut: number;
+  readonly files: readonly string[];
+  readonly auxFiles: readonly string[];
+  readonly skippedFiles: readonly string[];
+  readonly auxListed: boolean;
+  readonly configChanged: boolean;
+  readonly warnings: readonly Diagnostic[];
+  readonly notes: readonly string[];
+  readonly seconds: number;
+}
+
+/**
+ * Convert a checkpoint into a local folder, streaming tensor by tensor into a temporary sibling of DST
+ * that is renamed into place only when complete and verified. SRC is only ever read. Aborting through
+ * `signal` removes the temporary folder and rejects with an `AbortError`.
+ */
+export async function convertCheckpoint(req: ConvertRequest): Promise<ConvertSummary> {
+  const started = performance.now();
+  // Before the destination is touched, like every other refusal of the request itself.
+  checkShardSize(req.maxShardSize);
+  // Its ~30 ms start-up overlaps the planning below instead of delaying the first write.
+  startWriteThread(new BufferPool().memory);
+  const { checkpoint, source } = await openSource(req.src, req);
+  try {
+    if (source.folder === undefined) throw new InputError(`${req.src}: convert needs a checkpoint folder (with config.json), not a single file`);
+    const prepared = await prepareConversion(checkpoint, req, req.signal);
+    const out = OutputFolder.prepare(req.dst, {
+      ...(source.localDir !== undefined ? { source: source.localDir } : {}),
+      ...(req.force ? { force: true } : {}),
+      ...(req.onNote ? { onNote: req.onNote } : {}),
+    });
+    try {
+      const written = await writeConversion(prepared, new LocalOutput(out.tmp, req.dst), req);
+      out.commit();
+      return { src: req.src, dst: req.dst, ...conversionSummary(prepared, written), notes: out.notes, seconds: (performance.now() - started) / 1000 };
+    } catch (e) {
+      throw out.fail(e);
+    }
+  } finally {
+    checkpoint.close();
+  }
+}

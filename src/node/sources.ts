@@ -1,0 +1,61 @@
+import * as fs from "node:fs";
+import { InputError } from "../errors.js";
+import type { Folder } from "../io/folder.js";
+import { Checkpoint } from "../safetensors/checkpoint.js";
+import { FileSource, describeIoError, fileKind } from "./file-source.js";
+import { type Environment, cachedSnapshot, hubCacheDir, parseRepoId } from "./hf-cache.js";
+import { LocalFolder } from "./local-folder.js";
+
+export interface SourceOptions {
+  /** Let local files be symlinks leading anywhere (see `LocalFolder`). */
+  readonly followSymlinks?: boolean;
+  /**
+   * Where repo ids are looked up: `HF_HUB_CACHE`, `HF_HOME`, `XDG_CACHE_HOME` as `huggingface_hub` reads
+   * them. The command line passes `process.env`; a library caller passes what it wants honoured (without
+   * it, the default `~/.cache/huggingface/hub`).
+   */
+  readonly env?: Environment;
+}
+
+/** Where a checkpoint named on the command line lives. */
+export interface ResolvedSource {
+  readonly folder?: Folder;
+  /** A bare `.safetensors` file, which `inspect` and `diff` take. */
+  readonly file?: string;
+  /** The local folder, when there is one: an output must not be inside it. */
+  readonly localDir?: string;
+  /** How the user named it. */
+  readonly spec: string;
+}
+
+/**
+ * A checkpoint's location from how a user names it: an existing local path always wins; otherwise
+ * `ORG/NAME[@REVISION]` is a model in the local Hugging Face cache.
+ */
+export function resolveSource(spec: string, options: SourceOptions = {}): ResolvedSource {
+  let st: fs.Stats | undefined;
+  try {
+    st = fs.statSync(spec);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== "ENOENT" && code !== "ENOTDIR") throw new InputError(`${spec}: cannot open checkpoint: ${describeIoError(e)}`);
+  }
+  if (st?.isFile()) return { spec, file: spec };
+  if (st && !st.isDirectory()) throw new InputError(`${spec}: is ${fileKind(st)}, not a checkpoint folder or file`);
+  if (st) {
+    const folder = new LocalFolder(spec, options);
+    return { spec, folder, localDir: spec };
+  }
+  const ref = parseRepoId(spec);
+  if (!ref) throw new InputError(`${spec}: cannot open checkpoint: no such file or folder`);
+  const snapshot = cachedSnapshot(ref, hubCacheDir(options.env ?? {}));
+  const folder = new LocalFolder(snapshot, options);
+  return { spec, folder, localDir: snapshot };
+}
+
+/** Open the checkpoint a user named: a folder, a cache snapshot or repo id, or a bare `.safetensors` file. */
+export async function openSource(spec: string, options: SourceOptions & { signal?: AbortSignal } = {}): Promise<{ checkpoint: Checkpoint; source: ResolvedSource }> {
+  const source = resolveSource(spec, options);
+  if (source.file !== undefined) return { checkpoint: await Checkpoint.fromFile(new FileSource(source.file), options.signal), source };
+  return { checkpoint: await Checkpoint.open(source.folder!, options), source };
+}

@@ -1,0 +1,53 @@
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { INDEX_FILE, indexJson, planShards } from "../safetensors/shard-plan.js";
+import { encodeHeader } from "../safetensors/encode.js";
+import { type SynthOptions, type SynthPlan, type SynthSummary, planSynth, synthOtherFiles, synthSummary, writeSynth } from "../synth/layout.js";
+import { LocalOutput, writeFileDurably } from "./local-output.js";
+import { OutputFolder } from "./output-folder.js";
+
+export interface SynthRequest extends SynthOptions {
+  readonly force?: boolean;
+  /**
+   * Write the headers but leave the data as holes (zeros): a checkpoint of the full size and shape that
+   * takes no disk space and is written instantly. For planning, `inspect` and pipeline tests at real scale.
+   */
+  readonly sparse?: boolean;
+}
+
+/** Shards with real headers and holes for data, plus the index and other files: a placeholder of any size. */
+function writeSparse(dir: string, plan: SynthPlan): string[] {
+  const plans = planShards(plan.tensors, plan.maxShardSize);
+  for (const shard of plans) {
+    const header = encodeHeader(shard.tensors);
+    const fd = fs.openSync(path.join(dir, shard.file), "wx", 0o644);
+    try {
+      fs.writeSync(fd, header.bytes);
+      fs.ftruncateSync(fd, header.bytes.byteLength + header.dataSize);
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+  const files = plans.map((p) => p.file);
+  const index = indexJson(plans);
+  if (index !== undefined) {
+    writeFileDurably(path.join(dir, INDEX_FILE), index);
+    files.push(INDEX_FILE);
+  }
+  for (const [rel, bytes] of synthOtherFiles(plan)) writeFileDurably(path.join(dir, rel), bytes);
+  return [...files, ...synthOtherFiles(plan).map(([rel]) => rel)];
+}
+
+/** Write a synthetic HF-layout checkpoint to `dir` (built in a temporary sibling, renamed when complete). */
+export async function synthesize(dir: string, options: SynthRequest = {}): Promise<SynthSummary> {
+  const plan = planSynth(options);
+  const out = OutputFolder.prepare(dir, options.force ? { force: true } : {});
+  try {
+    const files = options.sparse ? writeSparse(out.tmp, plan) : await writeSynth(plan, new LocalOutput(out.tmp, dir), options.signal);
+    out.commit();
+    return synthSummary(plan, dir, files);
+  } catch (e) {
+    throw out.fail(e);
+  }
+}
