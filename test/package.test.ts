@@ -15,7 +15,10 @@ describe("the package", () => {
     expect(pkg.type).toBe("module");
     const bin = path.join(repoRoot, pkg.bin["omni-ckpt"]!);
     expect(fs.readFileSync(bin, "utf8").startsWith("#!/usr/bin/env node\n")).toBe(true);
-    for (const target of Object.values(pkg.exports["."]!)) expect(fs.existsSync(path.join(repoRoot, target))).toBe(true);
+    expect(Object.keys(pkg.exports).sort()).toEqual([".", "./core"]);
+    for (const entry of Object.values(pkg.exports)) {
+      for (const target of Object.values(entry)) expect(fs.existsSync(path.join(repoRoot, target))).toBe(true);
+    }
   });
 
   it("depends at run time only on the argument parser and the progress bar", () => {
@@ -41,5 +44,18 @@ describe("the package", () => {
     ]) {
       expect(typeof lib[name], name).toBe("function");
     }
+  });
+});
+
+describe("the core entry", () => {
+  it("holds the formats, rules and whole-checkpoint operations over any folder, and nothing of Node's", async () => {
+    const core = (await import(path.join(repoRoot, pkg.exports["./core"]!.import))) as Record<string, unknown>;
+    for (const name of ["NemotronOmniStateDictAdapter", "Checkpoint", "MemoryFolder", "MemoryOutput", "convertFolder", "describeCheckpoint", "verifyRoundTrip", "compareCheckpoints", "ShardedWriter"]) {
+      expect(typeof core[name], name).toBe("function");
+    }
+    for (const name of ["LocalFolder", "FileSource", "OutputFolder", "convertCheckpoint", "synthesize"]) expect(core[name], name).toBeUndefined();
+    // The Node entry is a superset: everything of the core, under the same names.
+    const lib = (await import(path.join(repoRoot, pkg.exports["."]!.import))) as Record<string, unknown>;
+    for (const name of Object.keys(core)) if (name !== "Checkpoint") expect(lib[name], name).toBe(core[name]);
   });
 });

@@ -3,7 +3,13 @@ import type { PlannedTensor } from "../../src/adapters/plan.js";
 import { type TensorSink, type TensorSource, streamTensors } from "../../src/convert/stream.js";
 import { WriteError } from "../../src/errors.js";
 import { contiguous, transpose } from "../../src/tensor/view.js";
+import { convertFolder } from "../../src/convert/convert.js";
+import type { ByteSource } from "../../src/io/byte-source.js";
+import { type EntryStat, type Folder, type FolderEntry, MemoryFolder } from "../../src/io/folder.js";
+import { MemoryOutput } from "../../src/io/output.js";
+import { planSynth, writeSynth } from "../../src/synth/layout.js";
 import { arenaAllFree } from "../helpers/arena.js";
+import { seededRandom } from "../helpers/random.js";
 
 // Two 64×64 bf16 inputs, each transposed into one half of a grouped output: one chunk, two reads.
 const N = 64;
@@ -120,3 +126,69 @@ describe("streamTensors from a source that reads in place", () => {
   });
 });
 
+
+/**
+ * A folder whose files answer only asynchronously, each read after a random delay, so reads complete in
+ * another order than they were asked in. Anything the asynchronous path gets wrong about where bytes go
+ * (an offset ignored, a region mixed up with another) changes the output.
+ */
+class LaggyFolder implements Folder {
+  reads = 0;
+  constructor(
+    private readonly inner: MemoryFolder,
+    private readonly random: () => number,
+  ) {}
+
+  get name(): string {
+    return this.inner.name;
+  }
+  describe(rel: string): string {
+    return this.inner.describe(rel);
+  }
+  list(rel: string): Promise<readonly FolderEntry[] | undefined> {
+    return this.inner.list(rel);
+  }
+  stat(rel: string): Promise<EntryStat | undefined> {
+    return this.inner.stat(rel);
+  }
+  async open(rel: string): Promise<ByteSource> {
+    const source = await this.inner.open(rel);
+    const folder = this;
+    return {
+      name: source.name,
+      size: source.size,
+      async read(into, position) {
+        folder.reads++;
+        await delay(Math.floor(folder.random() * 4));
+        const copy = new Uint8Array(into.byteLength);
+        await source.read(copy, position);
+        into.set(copy);
+      },
+      close: () => source.close(),
+    };
+  }
+}
+
+describe("streamTensors reading asynchronously, out of order", () => {
+  it.each(["native", "hf"] as const)("a conversion to %s equals the in-place one byte for byte", async (to) => {
+    const synth = new MemoryOutput();
+    await writeSynth(planSynth({ preset: "small", seed: 11, maxShardSize: 200_000 }), synth);
+    let input = new MemoryFolder(synth.files);
+    if (to === "hf") {
+      // The native side of the same checkpoint: splitting its grouped experts reads slabs at many offsets.
+      const native = new MemoryOutput();
+      await convertFolder(input, native, { to: "native", maxShardSize: 150_000 });
+      input = new MemoryFolder(native.files);
+    }
+    const inPlace = new MemoryOutput();
+    await convertFolder(input, inPlace, { to, maxShardSize: 100_000 });
+    const laggy = new LaggyFolder(input, seededRandom(to === "hf" ? 3 : 4));
+    const outOfOrder = new MemoryOutput();
+    await convertFolder(laggy, outOfOrder, { to, maxShardSize: 100_000 });
+    expect(laggy.reads).toBeGreaterThan(50);
+    expect([...outOfOrder.files.keys()].sort()).toEqual([...inPlace.files.keys()].sort());
+    expect(inPlace.files.size).toBeGreaterThan(3);
+    for (const [name, bytes] of inPlace.files) expect(Buffer.from(outOfOrder.files.get(name)!).equals(bytes), name).toBe(true);
+    expect(arenaAllFree()).toBe(true);
+  });
+});

@@ -14,7 +14,7 @@ interface Exports {
 let loaded: Exports | null | undefined;
 
 /** The module's bytes from their base64 text, with what browsers and Node both have (no `Buffer`). */
-function fromBase64(text: string): Uint8Array {
+function fromBase64(text: string): Uint8Array<ArrayBuffer> {
   const binary = atob(text);
   const out = new Uint8Array(binary.length);
   for (let i = 0; i < binary.length; i++) out[i] = binary.charCodeAt(i);
