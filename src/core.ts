@@ -6,7 +6,7 @@
 export { NemotronOmniStateDictAdapter } from "./adapters/nemotron-omni.js";
 export { NemotronV3StateDictAdapter, type AdapterOptions, type FromHfOptions, type ToHfOptions } from "./adapters/nemotron-v3.js";
 export { parseModelConfig, parseLlmConfig, truncationEdits, type LlmConfig, type ModelConfig } from "./adapters/config.js";
-export { expertRange, type ExpertParallel, type ExpertActivation } from "./adapters/moe-experts.js";
+export { expertRange, type ExpertParallel, type ExpertActivation } from "./adapters/experts.js";
 export type { Plan, PlannedTensor, Piece, Diagnostic, Logger, HeaderMap } from "./adapters/plan.js";
 export type { StateDict } from "./adapters/execute.js";
 

@@ -1,7 +1,7 @@
 import { type LlmConfig, type ModelConfig, parseModelConfig } from "./config.js";
 import { PlannedStateDictAdapter } from "./execute.js";
 import { compileKeyRegex } from "./key-regex.js";
-import { put } from "./moe-experts.js";
+import { put } from "./experts.js";
 import { type AdapterOptions, type FromHfOptions, NemotronV3StateDictAdapter, type ToHfOptions } from "./nemotron-v3.js";
 import { Diagnostics, type HeaderMap, type Plan, type PlanDict, type PlannedTensor, inputTensor, renamed } from "./plan.js";
 

@@ -3,17 +3,9 @@ import { type DType, isDType, isFloat, parseDTypeAlias } from "../tensor/dtype.j
 import { type LlmConfig, parseLlmConfig } from "./config.js";
 import { PlannedStateDictAdapter } from "./execute.js";
 import { compileKeyRegex } from "./key-regex.js";
-import {
-  type ExpertActivation,
-  type ExpertParallel,
-  type ExpertRules,
-  expertRange,
-  isGatedActivation,
-  mergeExperts,
-  put,
-  renameAll,
-  splitExpertTensor,
-} from "./moe-experts.js";
+import { type ExpertActivation, type ExpertParallel, type ExpertRules, expertRange, isGatedActivation, put, renameAll } from "./experts.js";
+import { mergeExperts } from "./experts-merge.js";
+import { splitExpertTensor } from "./experts-split.js";
 import {
   Diagnostics,
   type HeaderMap,

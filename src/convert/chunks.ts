@@ -38,6 +38,16 @@ export interface PieceTask {
   readonly directAt?: number;
 }
 
+/** Which bytes of which output tensor a part of a chunk holds. */
+export interface ChunkSpan {
+  readonly tensor: PlannedTensor;
+  /** Byte offset of the span within the chunk. */
+  readonly at: number;
+  /** Byte offset of the span within its tensor. */
+  readonly byteStart: number;
+  readonly byteLength: number;
+}
+
 export interface Chunk {
   /** The output tensor the chunk starts in, and where in it; the chunk may run on into following tensors. */
   readonly tensor: string;
@@ -46,6 +56,8 @@ export interface Chunk {
   readonly pieces: readonly PieceTask[];
   /** Tensors whose last byte is in this chunk. */
   readonly tensorsCompleted: number;
+  /** The tensors the chunk holds, in order: one, or several small whole ones packed together. */
+  readonly spans: readonly ChunkSpan[];
 }
 
 interface Segment {
@@ -109,7 +121,8 @@ export function chunkTensor(t: PlannedTensor, dtypeOf: InputDTypes, chunkBytes: 
   const flush = (last: boolean): void => {
     if (group.length === 0) return;
     const pieces = group.map((s) => pieceTask(s, dtypeOf, start, t.dtype));
-    chunks.push({ tensor: t.name, byteStart: start * outItem, byteLength: (end - start) * outItem, pieces, tensorsCompleted: last ? 1 : 0 });
+    const span: ChunkSpan = { tensor: t, at: 0, byteStart: start * outItem, byteLength: (end - start) * outItem };
+    chunks.push({ tensor: t.name, byteStart: span.byteStart, byteLength: span.byteLength, pieces, tensorsCompleted: last ? 1 : 0, spans: [span] });
     group = [];
   };
   for (const s of segs) {
@@ -123,7 +136,9 @@ export function chunkTensor(t: PlannedTensor, dtypeOf: InputDTypes, chunkBytes: 
   }
   flush(true);
   // A zero-size tensor has no bytes but still completes: an empty chunk says so.
-  if (chunks.length === 0) chunks.push({ tensor: t.name, byteStart: 0, byteLength: 0, pieces: [], tensorsCompleted: 1 });
+  if (chunks.length === 0) {
+    chunks.push({ tensor: t.name, byteStart: 0, byteLength: 0, pieces: [], tensorsCompleted: 1, spans: [{ tensor: t, at: 0, byteStart: 0, byteLength: 0 }] });
+  }
   return chunks;
 }
 
@@ -133,9 +148,11 @@ export function chunkTensor(t: PlannedTensor, dtypeOf: InputDTypes, chunkBytes: 
  * writes rather than one per tensor.
  */
 export function* planChunks(tensors: readonly PlannedTensor[], dtypeOf: InputDTypes, follows: Follows | undefined, chunkBytes = CHUNK_BYTES): Generator<Chunk> {
-  let packed: { tensor: string; last: string; byteLength: number; pieces: PieceTask[]; tensors: number } | undefined;
+  let packed: { tensor: string; last: string; byteLength: number; pieces: PieceTask[]; tensors: number; spans: ChunkSpan[] } | undefined;
   const flush = function* (): Generator<Chunk> {
-    if (packed) yield { tensor: packed.tensor, byteStart: 0, byteLength: packed.byteLength, pieces: packed.pieces, tensorsCompleted: packed.tensors };
+    if (packed) {
+      yield { tensor: packed.tensor, byteStart: 0, byteLength: packed.byteLength, pieces: packed.pieces, tensorsCompleted: packed.tensors, spans: packed.spans };
+    }
     packed = undefined;
   };
   for (const t of tensors) {
@@ -150,10 +167,11 @@ export function* planChunks(tensors: readonly PlannedTensor[], dtypeOf: InputDTy
     const only = chunks[0]!;
     if (packed && (packed.byteLength + size > chunkBytes || !follows?.(packed.last, t.name))) yield* flush();
     if (!packed) {
-      packed = { tensor: t.name, last: t.name, byteLength: size, pieces: [...only.pieces], tensors: 1 };
+      packed = { tensor: t.name, last: t.name, byteLength: size, pieces: [...only.pieces], tensors: 1, spans: [...only.spans] };
       continue;
     }
     const base = packed.byteLength;
+    packed.spans.push({ tensor: t, at: base, byteStart: 0, byteLength: size });
     for (const p of only.pieces) {
       packed.pieces.push(p.directAt === undefined ? { ...p, dstBase: base } : { ...p, dstBase: base, directAt: base + p.directAt });
     }

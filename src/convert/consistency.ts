@@ -1,4 +1,5 @@
 import type { ModelConfig } from "../adapters/config.js";
+import { parseExpertKey } from "../adapters/expert-keys.js";
 import { FormatError } from "../errors.js";
 import type { TensorInfo } from "../tensor/tensor.js";
 import { formatShape } from "../tensor/tensor.js";
@@ -11,8 +12,6 @@ export interface ConsistencyReport {
   readonly epSliceExperts?: number;
 }
 
-const EXPERT_HF = /^(.*?)layers\.(\d+)\.mixer\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$/;
-const EXPERT_NATIVE = /^(.*?)layers\.(\d+)\.mixer\.experts\.(gate_and_up_projs|down_projs)$/;
 
 /**
  * Compare a checkpoint's tensors with its config.json before converting: a config for another model size
@@ -46,16 +45,17 @@ export function checkConsistency(
     }
     if (embeddingsRe.test(name)) hasEmbeddings = true;
 
-    const hf = layout === "hf" ? EXPERT_HF.exec(name) : null;
-    const native = layout === "native" ? EXPERT_NATIVE.exec(name) : null;
+    const k = parseExpertKey(name);
+    const hf = layout === "hf" && k?.kind === "expert-weight" && k.rest === "" ? k : undefined;
+    const native = layout === "native" && k?.kind === "grouped" ? k : undefined;
     if ((hf || native) && firstExpert === undefined) firstExpert = name;
     if (E === undefined) continue;
     if (hf) {
-      const expert = Number(hf[3]);
+      const expert = hf.expert;
       if (expert >= E) problems.push(`n_routed_experts is ${E}, but the checkpoint has expert ${expert} (${name})`);
       if (I !== undefined && info.shape.length === 2) {
         const [rows, cols] = info.shape as [number, number];
-        const proj = hf[4];
+        const proj = hf.proj;
         const interAxis = proj === "down_proj" ? cols : rows;
         const hiddenAxis = proj === "down_proj" ? rows : cols;
         if (interAxis !== I) problems.push(`moe_intermediate_size is ${I}, but ${name} is ${formatShape(info.shape)}`);
@@ -70,7 +70,7 @@ export function checkConsistency(
       const [n, a, b] = info.shape as [number, number, number];
       if (n > E) problems.push(`n_routed_experts is ${E}, but ${name} groups ${n} experts`);
       else if (n < E) epSliceExperts = n;
-      const down = native[3] === "down_projs";
+      const down = native.weight === "down_projs";
       const inter = down ? a : b;
       const hidden = down ? b : a;
       if (I !== undefined && inter !== I && inter !== 2 * I) {

@@ -1,26 +1,22 @@
+import { expertKeyLayout, parseExpertKey } from "../adapters/expert-keys.js";
 import { InputError } from "../errors.js";
 
 export type Layout = "hf" | "native";
 
-/** Names only one layout uses; a checkpoint's layout is the one whose markers it carries. */
+/**
+ * Names only one layout uses; a checkpoint's layout is the one whose markers it carries. Expert keys are
+ * told apart by the key grammar (per-expert and ParamWrapper forms are HF, grouped ones native).
+ */
 const MARKERS: Readonly<Record<Layout, readonly RegExp[]>> = {
-  hf: [
-    /^mlp1\./,
-    /^sound_encoder\.encoder\./,
-    /^(?:language_model\.)?(?:base_model\.model\.)?backbone\./,
-    /\.mixer\.experts\.\d+\./,
-    /\.mixer\.(?:A_log|D|dt_bias)$/,
-    /\.mixer\.experts\.(?:base_layer\.)?lora_[AB]\.weight$/,
-  ],
-  native: [
-    /^vision_projector\./,
-    /^sound_encoder\.(?!encoder\.)/,
-    /^(?:language_model\.)?(?:base_model\.model\.)?model\./,
-    /\._fp32_params\./,
-    /\.mixer\.experts\.(?:gate_and_up_projs|down_projs)$/,
-    /\.mixer\.experts\.lora_(?:gate_and_up|down)_[AB]$/,
-  ],
+  hf: [/^mlp1\./, /^sound_encoder\.encoder\./, /^(?:language_model\.)?(?:base_model\.model\.)?backbone\./, /\.mixer\.(?:A_log|D|dt_bias)$/],
+  native: [/^vision_projector\./, /^sound_encoder\.(?!encoder\.)/, /^(?:language_model\.)?(?:base_model\.model\.)?model\./, /\._fp32_params\./],
 };
+
+function layoutOf(name: string, layout: Layout): boolean {
+  if (MARKERS[layout].some((re) => re.test(name))) return true;
+  const k = parseExpertKey(name);
+  return k !== undefined && expertKeyLayout(k) === layout;
+}
 
 export interface LayoutEvidence {
   readonly layout: Layout | undefined;
@@ -32,7 +28,7 @@ export function detectLayout(names: Iterable<string>): LayoutEvidence {
   const example: Partial<Record<Layout, string>> = {};
   for (const name of names) {
     for (const layout of ["hf", "native"] as const) {
-      if (example[layout] === undefined && MARKERS[layout].some((re) => re.test(name))) example[layout] = name;
+      if (example[layout] === undefined && layoutOf(name, layout)) example[layout] = name;
     }
     if (example.hf !== undefined && example.native !== undefined) break;
   }

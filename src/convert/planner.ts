@@ -1,5 +1,5 @@
 import { type ModelConfig, parseModelConfig, truncationEdits } from "../adapters/config.js";
-import type { ExpertActivation, ExpertParallel } from "../adapters/moe-experts.js";
+import type { ExpertActivation, ExpertParallel } from "../adapters/experts.js";
 import { NemotronOmniStateDictAdapter } from "../adapters/nemotron-omni.js";
 import { NemotronV3StateDictAdapter, resolveDType } from "../adapters/nemotron-v3.js";
 import type { Diagnostic, Plan, PlannedTensor } from "../adapters/plan.js";

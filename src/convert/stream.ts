@@ -5,7 +5,7 @@ import { type Tensor, type TensorInfo, byteLength } from "../tensor/tensor.js";
 import { Scratch, transfer } from "../tensor/transfer.js";
 import { extent, rebase } from "../tensor/view.js";
 import { BufferPool } from "./buffer-pool.js";
-import { type Chunk, planChunks, readRuns } from "./chunks.js";
+import { type Chunk, type ChunkSpan, planChunks, readRuns } from "./chunks.js";
 
 /** Where a stream reads input tensors from: positional reads of a tensor's bytes. */
 export interface TensorSource {
@@ -30,8 +30,16 @@ export interface TensorSink {
   follows?(previous: string, next: string): boolean;
 }
 
+/**
+ * A last step on each chunk's bytes, after its pieces are in place and before it is written: merging a
+ * LoRA delta into base weights, say. `spans` says which bytes of which output tensors the chunk holds.
+ * It may change the bytes in place, never their length.
+ */
+export type ChunkTransform = (bytes: Uint8Array, spans: readonly ChunkSpan[]) => void | Promise<void>;
+
 export interface StreamOptions {
   readonly pool?: BufferPool;
+  readonly transform?: ChunkTransform;
   /** Stops the stream between chunks; reads and writes already in flight are waited for first. */
   readonly signal?: AbortSignal;
   /** After each chunk is written: its bytes, and how many tensors it completed. */
@@ -129,6 +137,7 @@ export async function streamTensors(
           const region = regions[i];
           if (region) transfer(region, p.srcDType, p.srcView, p.dstBase === 0 ? buf : buf.subarray(p.dstBase), p.dstDType, p.dstView, scratch);
         });
+        if (options.transform) await options.transform(buf, chunk.spans);
         written = sink.write(chunk.tensor, chunk.byteStart, buf);
       } catch (e) {
         pool.release(buf);

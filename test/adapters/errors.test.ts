@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { expertRange } from "../../src/adapters/moe-experts.js";
+import { expertRange } from "../../src/adapters/experts.js";
 import { NemotronOmniStateDictAdapter } from "../../src/adapters/nemotron-omni.js";
 import { NemotronV3StateDictAdapter } from "../../src/adapters/nemotron-v3.js";
 import { ConversionError, FormatError, InputError, UsageError } from "../../src/errors.js";

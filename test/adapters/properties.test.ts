@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { expertRange } from "../../src/adapters/moe-experts.js";
+import { expertRange } from "../../src/adapters/experts.js";
 import { NemotronOmniStateDictAdapter } from "../../src/adapters/nemotron-omni.js";
 import type { DType } from "../../src/tensor/dtype.js";
 import { itemSize } from "../../src/tensor/dtype.js";

@@ -1,5 +1,5 @@
 import type { Command } from "commander";
-import type { ExpertActivation } from "../../adapters/moe-experts.js";
+import type { ExpertActivation } from "../../adapters/experts.js";
 import type { ConvertSummary } from "../../node/convert.js";
 import { parseFaults } from "../../convert/faults.js";
 import { type Layout, layoutShortName } from "../../convert/layout.js";
