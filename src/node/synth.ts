@@ -1,12 +1,13 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { INDEX_FILE, indexJson, planShards } from "../safetensors/shard-plan.js";
+import { INDEX_FILE, indexJson } from "../safetensors/shard-plan.js";
 import { encodeHeader } from "../safetensors/encode.js";
 import { type SynthOptions, type SynthPlan, type SynthSummary, planSynth, synthOtherFiles, synthSummary, writeSynth } from "../synth/layout.js";
 import { LocalOutput, writeFileDurably } from "./local-output.js";
 import { OutputFolder } from "./output-folder.js";
 
 export interface SynthRequest extends SynthOptions {
+  /** Replace `dir` if it exists. */
   readonly force?: boolean;
   /**
    * Write the headers but leave the data as holes (zeros): a checkpoint of the full size and shape that
@@ -17,7 +18,7 @@ export interface SynthRequest extends SynthOptions {
 
 /** Shards with real headers and holes for data, plus the index and other files: a placeholder of any size. */
 function writeSparse(dir: string, plan: SynthPlan): string[] {
-  const plans = planShards(plan.tensors, plan.maxShardSize);
+  const plans = plan.shards;
   for (const shard of plans) {
     const header = encodeHeader(shard.tensors);
     const fd = fs.openSync(path.join(dir, shard.file), "wx", 0o644);

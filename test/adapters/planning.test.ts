@@ -17,7 +17,7 @@ import { type TensorInfo, numel } from "../../src/tensor/tensor.js";
  * no tensor byte of a checkpoint on disk.
  */
 
-/** SPEC §6's language model; vision and sound at plausible RADIO / Parakeet sizes. */
+/** SPEC §6's release: 7,349 tensors, 33.02 B parameters. */
 const REAL: SynthPreset = PRESETS["nano-omni-30b"]!;
 const PATTERN = REAL.llm.pattern;
 const EXPERTS = REAL.llm.experts;
@@ -52,17 +52,18 @@ describe("planning the real model (SPEC §6) from headers", () => {
   const { tensors, config } = synthLayout(REAL);
   const hf = headersOf(tensors);
   const moeLayers = [...PATTERN].filter((c) => c === "E").length;
-  const groupedLayers = moeLayers + 1; // and the MoE MTP layer
+  const groupedLayers = moeLayers; // the release has no MTP
   const adapter = new NemotronOmniStateDictAdapter(config);
 
-  it("has the real model's shape: 23 Mamba, 23 MoE, 6 attention layers, about 31B parameters (the MoE MTP layer adds 1.3B)", () => {
+  it("has the real model's shape: 23 Mamba, 23 MoE, 6 attention layers, 7,349 tensors, 33.02 B parameters", () => {
     expect([...PATTERN].filter((c) => c === "M").length).toBe(23);
     expect(moeLayers).toBe(23);
     expect([...PATTERN].filter((c) => c === "*").length).toBe(6);
     expect(PATTERN.length).toBe(52);
     const params = [...hf.values()].reduce((n, t) => n + numel(t.shape), 0);
-    expect(params).toBeGreaterThan(30e9);
-    expect(params).toBeLessThan(35e9);
+    expect(hf.size).toBe(7349);
+    expect(params).toBe(33_015_632_238);
+    expect(bytesOf(hf.values())).toBe(66_031_345_944);
     expect(hf.get("language_model.backbone.layers.1.mixer.experts.127.up_proj.weight")).toEqual({ dtype: "BF16", shape: [MOE_INTER, HIDDEN] });
   });
 
@@ -75,10 +76,7 @@ describe("planning the real model (SPEC §6) from headers", () => {
     expect(plan.diagnostics).toEqual([]);
     expect(plan.tensors).toHaveLength(hf.size - groupedLayers * (2 * EXPERTS - 2));
     const byName = new Map(plan.tensors.map((t) => [t.name, t]));
-    const grouped = [
-      ...[...PATTERN].flatMap((c, i) => (c === "E" ? [`language_model.model.layers.${i}.mixer.experts`] : [])),
-      "language_model.mtp.layers.1.mixer.experts",
-    ];
+    const grouped = [...PATTERN].flatMap((c, i) => (c === "E" ? [`language_model.model.layers.${i}.mixer.experts`] : []));
     expect(grouped).toHaveLength(groupedLayers);
     for (const g of grouped) {
       const up = byName.get(`${g}.gate_and_up_projs`);
@@ -140,7 +138,7 @@ describe("planning reads no tensor bytes", () => {
       expect(reads()).toBe(0);
 
       const tiny = PRESETS["tiny"]!.llm;
-      const grouped = 2 + 1; // MoE layers of "ME*ME", and the MoE MTP layer
+      const grouped = 2; // MoE layers of "ME*ME"
       expect(tiny.pattern).toBe("ME*ME");
       expect(native.tensors).toHaveLength(ckpt.tensors.size - grouped * (2 * tiny.experts - 2));
       expect(back.tensors).toHaveLength(ckpt.tensors.size);

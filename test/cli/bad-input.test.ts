@@ -4,14 +4,14 @@
  * the tensor where there is one, and what is wrong; no stack trace, nothing on stdout, nothing at DST or
  * beside it, and SRC byte for byte as it was. Odd but valid files still convert, round-trip and verify.
  *
- * One valid tiny checkpoint (5 shards + index + config) is synthesized once; every variant is a copy of it
+ * One valid tiny checkpoint (4 shards + index + config) is synthesized once; every variant is a copy of it
  * with exactly one thing broken. Commands are spawned asynchronously so the tests of a table run side by side.
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { spawnSync } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { openSafetensors } from "../helpers/fixtures.js";
+import { openSafetensors, rewriteConfig } from "../helpers/fixtures.js";
 import { serialize } from "../../src/safetensors/encode.js";
 import type { Tensor } from "../../src/tensor/tensor.js";
 import { type AsyncCliResult, runCliAsync } from "../helpers/cli-async.js";
@@ -34,16 +34,20 @@ const outsideIndex = path.join(work, "outside-index.json");
 afterAll(() => fs.rmSync(work, { recursive: true, force: true }));
 
 // The synthetic checkpoint is deterministic; beforeAll checks that these names are where the table expects.
-const SHARD1 = "model-00001-of-00005.safetensors";
-const SHARD2 = "model-00002-of-00005.safetensors";
+/** The shard that starts the language model: the first one the index lists, and the target of most breaks. */
+const SHARD1 = "model-00002-of-00004.safetensors";
+/** The shard holding layer 4's experts. */
+const SHARD2 = "model-00004-of-00004.safetensors";
+/** The shard holding layer 1 (its norm, which a break copies into SHARD1, and its experts). */
+const NORM_SHARD = "model-00003-of-00004.safetensors";
 const INDEX = "model.safetensors.index.json";
 const NATIVE_FILE = "model.safetensors";
-/** Shard 1's first tensor by offset: [0, 8). */
+/** SHARD1's first tensor by offset: [0, 8). */
 const SCALAR = "sound_encoder.encoder.layers.0.conv.norm.num_batches_tracked";
-/** Shard 1's second tensor by offset: F32[4] at [8, 24), the target of the per-tensor breaks. */
+/** SHARD1's second tensor by offset: F32[4] at [8, 24), the target of the per-tensor breaks. */
 const A_LOG = "language_model.backbone.layers.0.mixer.A_log";
-/** Shard 1's last tensor by offset: BF16[16, 20] at [8752, 9392). */
-const LAST = "language_model.backbone.layers.1.mixer.shared_experts.down_proj.weight";
+/** SHARD1's last tensor by offset: BF16[12] at [9648, 9672). */
+const LAST = "sound_projection.norm.weight";
 const expertKey = (layer: number, e: number, proj: "up_proj" | "down_proj"): string =>
   `language_model.backbone.layers.${layer}.mixer.experts.${e}.${proj}.weight`;
 const GROUPED = "language_model.model.layers.1.mixer.experts.gate_and_up_projs";
@@ -130,10 +134,7 @@ function editIndex(dir: string, edit: (weightMap: Record<string, string>) => voi
 }
 
 function editConfig(dir: string, edit: (llm: Record<string, unknown>) => void): void {
-  const file = path.join(dir, "config.json");
-  const config = JSON.parse(fs.readFileSync(file, "utf8")) as { llm_config: Record<string, unknown> };
-  edit(config.llm_config);
-  fs.writeFileSync(file, JSON.stringify(config, null, 2));
+  rewriteConfig(dir, (config) => edit(config["llm_config"] as Record<string, unknown>));
 }
 
 /** Point every tensor the index places in `from` at `to` instead. */
@@ -191,12 +192,12 @@ const safetensorsCases = inGroup("safetensors", [
   {
     name: "truncated in the header",
     build: (dir) => fs.truncateSync(path.join(dir, SHARD1), 8 + 100),
-    error: (dir) => `${shard1(dir)}: header length 3576 runs past the end of the file \\(108 bytes\\)`,
+    error: (dir) => `${shard1(dir)}: header length 3768 runs past the end of the file \\(108 bytes\\)`,
   },
   {
     name: "truncated in the data",
     build: (dir) => fs.truncateSync(path.join(dir, SHARD1), fs.statSync(path.join(dir, SHARD1)).size - 10),
-    error: (dir) => `${shard1(dir)}: ${tensor(LAST)}data \\[8752, 9392\\) runs past the end of the file \\(9382 data bytes\\)`,
+    error: (dir) => `${shard1(dir)}: ${tensor(LAST)}data \\[9648, 9672\\) runs past the end of the file \\(9662 data bytes\\)`,
   },
   {
     name: "header length larger than the file",
@@ -242,15 +243,15 @@ const safetensorsCases = inGroup("safetensors", [
     error: (dir) => `${shard1(dir)}: ${tensor(A_LOG)}shape \\[2147483648, 2147483648, 2147483648\\] holds 2\\^53 bytes or more`,
   },
   {
-    // Consistent with its shape, contiguous, but longer than the file: the last tensor grows by one row.
+    // Consistent with its shape, contiguous, but longer than the file: the last tensor grows by one element.
     name: "offsets out of bounds",
     build: (dir) =>
       editShard(path.join(dir, SHARD1), (d) => {
         const e = entry(d, LAST);
-        e.shape = [17, 20];
-        e.data_offsets = [8752, 8752 + 17 * 20 * 2];
+        e.shape = [13];
+        e.data_offsets = [9648, 9648 + 13 * 2];
       }),
-    error: (dir) => `${shard1(dir)}: ${tensor(LAST)}data \\[8752, 9432\\) runs past the end of the file \\(9392 data bytes\\)`,
+    error: (dir) => `${shard1(dir)}: ${tensor(LAST)}data \\[9648, 9674\\) runs past the end of the file \\(9672 data bytes\\)`,
   },
   {
     name: "overlapping offsets",
@@ -378,17 +379,17 @@ const folderCases = inGroup("folder", [
     timeoutMs: 5_000,
   },
   {
-    // Shard 1 also carries a tensor the index places in shard 2 (where it still is).
+    // SHARD1 also carries a tensor the index places in another shard (where it still is).
     name: "tensor present in two shards",
     build: (dir) => {
-      const f = openSafetensors(path.join(dir, SHARD2));
+      const f = openSafetensors(path.join(dir, NORM_SHARD));
       const stray = f.readTensorSync("language_model.backbone.layers.1.norm.weight");
       f.close();
       rewriteShard(path.join(dir, SHARD1), (m) => m.set("language_model.backbone.layers.1.norm.weight", stray));
     },
     error: (dir) =>
-      `${esc(dir)}/model-0000[12]-of-00005\\.safetensors: ${tensor("language_model.backbone.layers.1.norm.weight")}` +
-      `is also stored in ${esc(dir)}/model-0000[12]-of-00005\\.safetensors; a tensor may live in one shard only`,
+      `${esc(dir)}/model-0000[23]-of-00004\\.safetensors: ${tensor("language_model.backbone.layers.1.norm.weight")}` +
+      `is also stored in ${esc(dir)}/model-0000[23]-of-00004\\.safetensors; a tensor may live in one shard only`,
   },
   {
     name: "config.json missing",
@@ -442,8 +443,8 @@ const folderCases = inGroup("folder", [
     build: (dir) => editConfig(dir, (llm) => void (llm["n_routed_experts"] = 3)),
     error: (dir) =>
       `${config(dir)}: disagrees with the tensors: n_routed_experts is 3, but the checkpoint has expert 3 ` +
-      // Expert 3's up and down weights in layers 1 and 4 and in the MTP layer: 6 disagreements.
-      `\\(${esc(expertKey(1, 3, "down_proj"))}\\) \\(and 5 more disagreements\\)`,
+      // Expert 3's up and down weights in layers 1 and 4: 4 disagreements.
+      `\\(${esc(expertKey(1, 3, "down_proj"))}\\) \\(and 3 more disagreements\\)`,
     otherwise: DIFF_IGNORES_CONFIG,
   },
   {
@@ -451,8 +452,8 @@ const folderCases = inGroup("folder", [
     build: (dir) => editConfig(dir, (llm) => void (llm["moe_intermediate_size"] = 8)),
     error: (dir) =>
       `${config(dir)}: disagrees with the tensors: moe_intermediate_size is 8, ` +
-      // Every expert weight of layers 1 and 4 and of the MTP layer: 4 experts × 2 projections × 3 layers.
-      `but ${esc(expertKey(1, 0, "down_proj"))} is \\[16, 12\\] \\(and 23 more disagreements\\)`,
+      // Every expert weight of layers 1 and 4: 4 experts × 2 projections × 2 layers.
+      `but ${esc(expertKey(1, 0, "down_proj"))} is \\[16, 12\\] \\(and 15 more disagreements\\)`,
     otherwise: DIFF_IGNORES_CONFIG,
   },
 ]);
@@ -482,13 +483,13 @@ const contentCases = inGroup("model", [
   {
     // 3-d with the same elements, so config.json (which only sizes matrices) does not object first.
     name: "experts of one layer with different shapes",
-    build: (dir) => editShard(path.join(dir, SHARD1), (d) => void (entry(d, expertKey(1, 1, "up_proj")).shape = [12, 16, 1])),
+    build: (dir) => editShard(path.join(dir, NORM_SHARD), (d) => void (entry(d, expertKey(1, 1, "up_proj")).shape = [12, 16, 1])),
     error: (dir) => sameLayerExperts(dir, "BF16\\[12, 16, 1\\]"),
     commands: ["convert", "inspect", "verify"],
   },
   {
     name: "experts of one layer with different dtypes",
-    build: (dir) => editShard(path.join(dir, SHARD1), (d) => void (entry(d, expertKey(1, 1, "up_proj")).dtype = "F16")),
+    build: (dir) => editShard(path.join(dir, NORM_SHARD), (d) => void (entry(d, expertKey(1, 1, "up_proj")).dtype = "F16")),
     error: (dir) => sameLayerExperts(dir, "F16\\[12, 16\\]"),
     commands: ["convert", "inspect", "verify"],
   },
@@ -625,11 +626,13 @@ beforeAll(() => {
   const first = openSafetensors(path.join(base, SHARD1));
   expect(first.header.entries.map((e) => e.name).slice(0, 2)).toEqual([SCALAR, A_LOG]);
   const last = first.header.entries.at(-1)!;
-  expect([last.name, last.begin, last.end, first.header.headerLength, first.source.size]).toEqual([LAST, 8752, 9392, 3576, 12976]);
+  expect([last.name, last.begin, last.end, first.header.headerLength, first.source.size]).toEqual([LAST, 9648, 9672, 3768, 13448]);
   first.close();
   const weightMap = (JSON.parse(fs.readFileSync(path.join(base, INDEX), "utf8")) as { weight_map: Record<string, string> }).weight_map;
   expect(Object.values(weightMap)[0]).toBe(SHARD1);
   expect(weightMap[expertKey(4, 2, "down_proj")]).toBe(SHARD2);
+  expect(weightMap["language_model.backbone.layers.1.norm.weight"]).toBe(NORM_SHARD);
+  expect(weightMap[expertKey(1, 1, "up_proj")]).toBe(NORM_SHARD);
 
   for (const [dir, from, build] of [
     ...badInputs.map((b) => [dirOf(b), b.from ?? "hf", b.build] as const),

@@ -1,7 +1,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { openSafetensors } from "../helpers/fixtures.js";
+import { openSafetensors, rewriteConfig } from "../helpers/fixtures.js";
 import { serialize } from "../../src/safetensors/encode.js";
 import type { Tensor } from "../../src/tensor/tensor.js";
 import { runCli, snapshot, startCli, tempDir } from "../helpers/cli.js";
@@ -59,7 +59,6 @@ describe("synth and inspect", () => {
       "sound encoder",
       "sound projection",
       "language model",
-      "MTP",
     ]);
     expect(report.components.find((c) => c.component === "sound encoder")!.dtypes["I64"]).toBe(1);
     expect(report.model).toMatchObject({ layers: 5, pattern: "ME*ME", experts: 4, expertWidth: 12 });
@@ -86,8 +85,9 @@ describe("convert: what users see", () => {
     const r = runCli(["convert", "--to", "native", hf, dst]);
     expect(r.code).toBe(0);
     expect(r.stderr).toBe("");
-    expect(r.stdout).toMatch(/^converted HF → native: \d+ → \d+ tensors, .* in 1 file \+ 6 other files, .* → /);
-    for (const f of ["config.json", "tokenizer_config.json", "generation_config.json", "extra/processor_config.json", "modeling_custom.py", "chat_template.jinja"]) {
+    // The synthetic release's 19 other files (config, code, processor, tokenizer, template) and the 2 added here.
+    expect(r.stdout).toMatch(/^converted HF → native: \d+ → \d+ tensors, .* in 1 file \+ 21 other files, .* → /);
+    for (const f of ["config.json", "tokenizer_config.json", "generation_config.json", "extra/processor_config.json", "modeling_custom.py", "chat_template.jinja", "modeling.py"]) {
       expect(fs.readFileSync(path.join(dst, f))).toEqual(fs.readFileSync(path.join(hf, f)));
     }
     expect(fs.readdirSync(work).filter((n) => n.includes("omni-ckpt"))).toEqual([]);
@@ -178,13 +178,13 @@ describe("convert: refusals leave everything as it was", () => {
   it("refuses a config that disagrees with the tensors", () => {
     const bad = path.join(work, "bad-config");
     fs.cpSync(hf, bad, { recursive: true });
-    const cfg = JSON.parse(fs.readFileSync(path.join(bad, "config.json"), "utf8")) as { llm_config: Record<string, unknown> };
-    cfg.llm_config["n_routed_experts"] = 3;
-    fs.writeFileSync(path.join(bad, "config.json"), JSON.stringify(cfg));
+    rewriteConfig(bad, (cfg) => void ((cfg["llm_config"] as Record<string, unknown>)["n_routed_experts"] = 3));
     expectCleanError(runCli(["convert", "--to", "native", bad, path.join(work, "x1")]), 2, /config\.json: disagrees with the tensors: n_routed_experts is 3, but the checkpoint has expert 3/);
-    cfg.llm_config["n_routed_experts"] = 4;
-    cfg.llm_config["num_hidden_layers"] = 4;
-    fs.writeFileSync(path.join(bad, "config.json"), JSON.stringify(cfg));
+    rewriteConfig(bad, (cfg) => {
+      const llm = cfg["llm_config"] as Record<string, unknown>;
+      llm["n_routed_experts"] = 4;
+      llm["num_hidden_layers"] = 4;
+    });
     expectCleanError(runCli(["convert", "--to", "native", bad, path.join(work, "x2")]), 2, /num_hidden_layers is 4, but the checkpoint has tensors past it/);
     fs.rmSync(path.join(bad, "config.json"));
     expectCleanError(runCli(["convert", "--to", "native", bad, path.join(work, "x3")]), 2, /config\.json: cannot open: no such file/);
@@ -257,19 +257,42 @@ describe("output into a pipe", () => {
 });
 
 describe("the real model's size", () => {
-  it("synth --sparse writes the 68 GB nano-omni-30b shapes as holes, and inspect reads it from headers", () => {
+  it("synth --sparse writes the release (SPEC §6) as holes, and inspect reads it from headers", () => {
     const real = path.join(work, "real-size");
     const s = runCli(["synth", real, "--preset", "nano-omni-30b", "--sparse", "--json"]);
     expect(s.code).toBe(0);
-    expect(JSON.parse(s.stdout)).toMatchObject({ preset: "nano-omni-30b", tensors: 7208 });
+    expect(JSON.parse(s.stdout)).toMatchObject({ preset: "nano-omni-30b", tensors: 7349, bytes: 66_031_345_944 });
+    const shards = Array.from({ length: 17 }, (_, i) => `model-${String(i + 1).padStart(5, "0")}-of-00017.safetensors`);
+    expect(fs.readdirSync(real).filter((f) => f.endsWith(".safetensors")).sort()).toEqual(shards);
+    // Cut as save_pretrained cuts them: about 3.9 GB each, the last one shorter.
+    for (const shard of shards.slice(0, -1)) expect(fs.statSync(path.join(real, shard)).size / 1e9).toBeCloseTo(3.9, 0);
+    for (const f of ["configuration.py", "modeling_nemotron_h.py", "audio_model.py", "evs.py", "preprocessor_config.json", "chat_template.jinja", "tokenizer.json", "special_tokens_map.json"]) {
+      expect(fs.existsSync(path.join(real, f)), f).toBe(true);
+    }
     const r = runCli(["inspect", "--json", real]);
     expect(r.code).toBe(0);
-    const report = JSON.parse(r.stdout) as { layout: string; files: number; bytes: number; model: { layers: number; experts: number; expertWidth: number; hidden: number }; convert: { to: string; tensors: number; bytes: number } };
-    expect(report.layout).toBe("hf");
-    expect(report.files).toBe(14);
-    expect(report.bytes).toBeGreaterThan(60e9);
-    expect(report.model).toMatchObject({ layers: 52, experts: 128, expertWidth: 1856, hidden: 2688 });
-    expect(report.convert).toMatchObject({ to: "native", bytes: report.bytes });
+    const report = JSON.parse(r.stdout) as {
+      layout: string;
+      files: number;
+      tensors: number;
+      params: number;
+      bytes: number;
+      components: { component: string; tensors: number }[];
+      model: { layers: number; experts: number; expertWidth: number; hidden: number; pattern: string; mtpLayers?: number };
+      convert: { to: string; tensors: number; bytes: number };
+    };
+    expect(report).toMatchObject({ layout: "hf", files: 17, tensors: 7349, params: 33_015_632_238, bytes: 66_031_345_944 });
+    expect(Object.fromEntries(report.components.map((c) => [c.component, c.tensors]))).toEqual({
+      "vision encoder": 390,
+      "vision projector": 3,
+      "sound encoder": 710,
+      "sound projection": 3,
+      "language model": 6243,
+    });
+    expect(report.model).toMatchObject({ layers: 52, experts: 128, expertWidth: 1856, hidden: 2688, pattern: "MEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEMEM*EMEMEMEME" });
+    expect(report.model.mtpLayers).toBeUndefined();
+    // 23 MoE layers' 256 per-expert weights become 2 grouped tensors each.
+    expect(report.convert).toMatchObject({ to: "native", tensors: 7349 - 23 * 254, bytes: report.bytes });
     fs.rmSync(real, { recursive: true, force: true });
   });
 });

@@ -1,7 +1,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
-import type { Checkpoint } from "../../src/safetensors/checkpoint.js";
+import { type Checkpoint, parseConfigText } from "../../src/safetensors/checkpoint.js";
 import { SafetensorsFile } from "../../src/safetensors/file.js";
 import { FileSource } from "../../src/node/file-source.js";
 import { type SourceOptions, openSource } from "../../src/node/sources.js";
@@ -58,8 +58,30 @@ export function loadAll(location: string): Map<string, Tensor> {
   return out;
 }
 
+/** A folder's config.json, read as the library reads it (Python's `Infinity`/`NaN` included). */
 export function readConfig(dir: string): Record<string, unknown> {
-  return JSON.parse(fs.readFileSync(path.join(dir, "config.json"), "utf8")) as Record<string, unknown>;
+  const file = path.join(dir, "config.json");
+  return parseConfigText(fs.readFileSync(file, "utf8"), file).values;
+}
+
+/** JSON text as Python's `json.dumps(indent=2)` would write it, non-finite floats included. */
+export function stringifyPython(value: unknown, indent = ""): string {
+  const inner = `${indent}  `;
+  if (typeof value === "number" && !Number.isFinite(value)) return Number.isNaN(value) ? "NaN" : value > 0 ? "Infinity" : "-Infinity";
+  if (Array.isArray(value)) return value.length === 0 ? "[]" : `[\n${value.map((v) => inner + stringifyPython(v, inner)).join(",\n")}\n${indent}]`;
+  if (value !== null && typeof value === "object") {
+    const entries = Object.entries(value);
+    if (entries.length === 0) return "{}";
+    return `{\n${entries.map(([k, v]) => `${inner}${JSON.stringify(k)}: ${stringifyPython(v, inner)}`).join(",\n")}\n${indent}}`;
+  }
+  return JSON.stringify(value);
+}
+
+/** Change a folder's config.json (re-serialized: for tests that break configs on purpose). */
+export function rewriteConfig(dir: string, edit: (config: Record<string, unknown>) => void): void {
+  const config = readConfig(dir);
+  edit(config);
+  fs.writeFileSync(path.join(dir, "config.json"), `${stringifyPython(config)}\n`);
 }
 
 /** Value of `--flag V` in a case's args. */
