@@ -1,4 +1,4 @@
-import { FormatError } from "../errors.js";
+import { FormatError, throwIfAborted } from "../errors.js";
 import type { Folder } from "../io/folder.js";
 import type { OutputStore } from "../io/output.js";
 import { CONFIG_FILE } from "../safetensors/shard-plan.js";
@@ -65,6 +65,7 @@ export const SKIP_CONFIG: ReadonlySet<string> = new Set([CONFIG_FILE]);
 export async function copyAuxFiles(folder: Folder, out: OutputStore, aux: AuxFiles, signal?: AbortSignal): Promise<string[]> {
   const copied: string[] = [];
   for (const e of aux.entries) {
+    throwIfAborted(signal);
     if (e.dir) {
       await out.mkdir(e.rel);
       continue;

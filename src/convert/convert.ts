@@ -1,5 +1,5 @@
 import type { Diagnostic } from "../adapters/plan.js";
-import { InputError, UsageError } from "../errors.js";
+import { InputError, UsageError, throwIfAborted } from "../errors.js";
 import type { Folder } from "../io/folder.js";
 import type { OutputStore } from "../io/output.js";
 import { Checkpoint, type ConfigFile } from "../safetensors/checkpoint.js";
@@ -82,9 +82,12 @@ export async function writeConversion(prepared: PreparedConversion, out: OutputS
         options.onProgress?.(bytesDone, tensorsDone);
       },
     });
+    throwIfAborted(options.signal);
     const files = await writer.finish();
     if (plan.outputConfig) await out.writeFile(CONFIG_FILE, new TextEncoder().encode(plan.outputConfig.text));
     const auxFiles = await copyAuxFiles(checkpoint.folder!, out, aux, options.signal);
+    // The last moment to hear of a cancellation: after this the caller commits the output.
+    throwIfAborted(options.signal);
     return { files, auxFiles };
   } catch (e) {
     writer.abandon();

@@ -11,7 +11,9 @@ describe("convertCheckpoint", () => {
   it.each([0, -1, 1.5, Number.NaN])("refuses maxShardSize %s before touching the destination's folder", async (maxShardSize) => {
     const parent = path.join(work, `out-${String(maxShardSize)}`);
     const dst = path.join(parent, "native");
-    await expect(convertCheckpoint({ src: hf, dst, to: "native", maxShardSize })).rejects.toThrow(UsageError);
+    await expect(convertCheckpoint({ src: hf, dst, to: "native", maxShardSize })).rejects.toThrow(
+      new UsageError(`the largest shard must be a positive whole number of bytes, got ${maxShardSize}`),
+    );
     expect(fs.existsSync(parent)).toBe(false);
   });
 });

@@ -70,6 +70,7 @@ describe("streamTensors when something fails", () => {
       write: () => Promise.reject(new WriteError("out.safetensors: write failed: no space left on device (ENOSPC)")),
     });
     await expect(full).rejects.toThrow(WriteError);
+    await expect(full).rejects.toThrow("out.safetensors: write failed: no space left on device (ENOSPC)");
     expect(arenaAllFree()).toBe(true);
   });
 
