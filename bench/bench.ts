@@ -116,7 +116,7 @@ async function conversionSection(): Promise<string> {
 
 /** The real model's shapes (sparse): how long header-only work takes at full scale. */
 async function inspectSection(): Promise<string> {
-  const real = path.join(cacheRoot, "nano-omni-30b-sparse-v1");
+  const real = path.join(cacheRoot, "nano-omni-30b-sparse-v2");
   if (!fs.existsSync(path.join(real, "config.json"))) {
     fs.rmSync(real, { recursive: true, force: true });
     await synthesize(real, { preset: "nano-omni-30b", sparse: true });

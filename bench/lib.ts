@@ -37,7 +37,7 @@ export function dirBytes(dir: string): number {
 }
 
 export async function checkpoint(scale: number): Promise<string> {
-  const dir = path.join(cacheRoot, `bench-x${scale}-v1`);
+  const dir = path.join(cacheRoot, `bench-x${scale}-v2`);
   if (!fs.existsSync(path.join(dir, "config.json"))) {
     process.stderr.write(`making the bench checkpoint ×${scale} in ${dir} (once; cached)…\n`);
     fs.rmSync(dir, { recursive: true, force: true });
