@@ -1,6 +1,4 @@
-import type { Diagnostic } from "../adapters/plan.js";
-import { checkShardSize, conversionSummary, prepareConversion, writeConversion, type WriteOptions } from "../convert/convert.js";
-import type { Layout } from "../convert/layout.js";
+import { type FolderConversion, type WriteOptions, checkShardSize, conversionSummary, prepareConversion, writeConversion } from "../convert/convert.js";
 import type { ConvertOptions } from "../convert/planner.js";
 import { BufferPool } from "../convert/buffer-pool.js";
 import { InputError } from "../errors.js";
@@ -18,21 +16,11 @@ export interface ConvertRequest extends ConvertOptions, WriteOptions, SourceOpti
   readonly onNote?: (note: string) => void;
 }
 
-export interface ConvertSummary {
+/** What a conversion reports: what it read and wrote (`FolderConversion`), where, and what it found on the way. */
+export interface ConvertSummary extends FolderConversion {
   readonly src: string;
   readonly dst: string;
-  readonly from: Layout;
-  readonly to: Layout;
-  readonly tensorsIn: number;
-  readonly tensorsOut: number;
-  readonly bytesIn: number;
-  readonly bytesOut: number;
-  readonly files: readonly string[];
-  readonly auxFiles: readonly string[];
-  readonly skippedFiles: readonly string[];
-  readonly auxListed: boolean;
-  readonly configChanged: boolean;
-  readonly warnings: readonly Diagnostic[];
+  /** Leftovers of interrupted runs removed or restored, and what could not be done after the commit. */
   readonly notes: readonly string[];
   readonly seconds: number;
 }
