@@ -1,3 +1,4 @@
+import { scaleValues } from "../quant/dequantize.js";
 import { type Tensor, byteLength } from "../tensor/tensor.js";
 import { transfer } from "../tensor/transfer.js";
 import { type HeaderMap, type Plan, type PlannedTensor, inputTensor } from "./plan.js";
@@ -7,7 +8,8 @@ export function materialize(t: PlannedTensor, input: (name: string) => Tensor): 
   const data = new Uint8Array(byteLength(t));
   for (const p of t.pieces) {
     const src = input(p.src);
-    transfer(src.data, src.dtype, p.srcView, data, t.dtype, p.dstView);
+    const scaling = p.scale ? { scale: p.scale, values: scaleValues(input(p.scale.src).data, input(p.scale.src).dtype), origin: 0 } : undefined;
+    transfer(src.data, src.dtype, p.srcView, data, t.dtype, p.dstView, undefined, scaling);
   }
   return { dtype: t.dtype, shape: [...t.shape], data };
 }

@@ -14,6 +14,28 @@ export interface Piece {
   readonly srcView: View;
   /** Where they go, as a view over the output's contiguous data; same shape as `srcView`. */
   readonly dstView: View;
+  /**
+   * When the input holds quantized codes (FP8): each element's value is its code times its scale, computed
+   * in float32 and rounded to bfloat16, as PyTorch's `(w.to(torch.float32) * scale).to(torch.bfloat16)`;
+   * that bfloat16 value is then cast to the output's dtype like any other bf16 input.
+   */
+  readonly scale?: PieceScale;
+}
+
+/** Where a quantized input's scales are and how they spread over its elements (`src/quant/`). */
+export interface PieceScale {
+  /** Name of the scale tensor, read as another input. */
+  readonly src: string;
+  /**
+   * One scale for the whole tensor; one per row (ModelOpt's per-output-channel `[out]` / `[out, 1]`); or
+   * one per `block` rows × columns, the last blocks of each axis ragged (block FP8's `weight_scale_inv`,
+   * `[ceil(out / block[0]), ceil(in / block[1])]`).
+   */
+  readonly layout: "tensor" | "row" | "block";
+  /** Columns of the quantized input (its last dimension): an element's row and column come from its flat index. */
+  readonly cols: number;
+  /** Rows and columns of a block, for the block layout. */
+  readonly block?: readonly [number, number];
 }
 
 export interface PlannedTensor extends TensorInfo {

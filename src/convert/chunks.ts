@@ -1,4 +1,4 @@
-import type { PlannedTensor } from "../adapters/plan.js";
+import type { PieceScale, PlannedTensor } from "../adapters/plan.js";
 import { type DType, itemSize } from "../tensor/dtype.js";
 import { byteLength } from "../tensor/tensor.js";
 import { type View, extent, rebase, simplifyPair } from "../tensor/view.js";
@@ -36,6 +36,8 @@ export interface PieceTask {
   readonly dstView: View;
   /** Read straight into the chunk at this byte offset (same dtype, contiguous on both sides). */
   readonly directAt?: number;
+  /** The input holds quantized codes: the scales to apply (the scale tensor is read as well). */
+  readonly scale?: PieceScale;
 }
 
 /** Which bytes of which output tensor a part of a chunk holds. */
@@ -62,6 +64,7 @@ export interface Chunk {
 
 interface Segment {
   readonly src: string;
+  readonly scale: PieceScale | undefined;
   readonly srcView: View;
   readonly dstView: View;
   readonly dstStart: number;
@@ -82,7 +85,7 @@ function segments(t: PlannedTensor, maxElements: number): Segment[] {
     const run = isRun(p.srcView, p.dstView);
     if (!run) {
       const e = extent(p.dstView);
-      out.push({ src: p.src, srcView: p.srcView, dstView: p.dstView, dstStart: e.start, dstEnd: e.end });
+      out.push({ src: p.src, scale: p.scale, srcView: p.srcView, dstView: p.dstView, dstStart: e.start, dstEnd: e.end });
       continue;
     }
     const perSeg = Math.max(1, Math.floor(maxElements));
@@ -90,7 +93,7 @@ function segments(t: PlannedTensor, maxElements: number): Segment[] {
       const len = Math.min(perSeg, run.n - at);
       const srcView: View = { offset: p.srcView.offset + at, shape: [len], strides: [1] };
       const dstView: View = { offset: p.dstView.offset + at, shape: [len], strides: [1] };
-      out.push({ src: p.src, srcView, dstView, dstStart: dstView.offset, dstEnd: dstView.offset + len });
+      out.push({ src: p.src, scale: p.scale, srcView, dstView, dstStart: dstView.offset, dstEnd: dstView.offset + len });
     }
   }
   return out.sort((a, b) => a.dstStart - b.dstStart || a.dstEnd - b.dstEnd);
@@ -103,6 +106,7 @@ function pieceTask(s: Segment, dtypeOf: InputDTypes, regionStart: number, dstDTy
   const srcView = rebase(s.srcView, start);
   const dstView = rebase(s.dstView, regionStart);
   const task = { src: s.src, srcDType, srcByteStart: start * inItem, srcByteLength: (end - start) * inItem, srcView, dstDType, dstBase: 0, dstView };
+  if (s.scale) return { ...task, scale: s.scale };
   return isRun(srcView, dstView) && srcDType === dstDType ? { ...task, directAt: dstView.offset * inItem } : task;
 }
 

@@ -2,10 +2,11 @@ import type { PlannedTensor } from "../adapters/plan.js";
 import { throwIfAborted } from "../errors.js";
 import { itemSize } from "../tensor/dtype.js";
 import { type Tensor, type TensorInfo, byteLength } from "../tensor/tensor.js";
-import { Scratch, transfer } from "../tensor/transfer.js";
+import { scaleValues } from "../quant/dequantize.js";
+import { Scratch, type Scaling, transfer } from "../tensor/transfer.js";
 import { extent, rebase } from "../tensor/view.js";
 import { BufferPool } from "./buffer-pool.js";
-import { type Chunk, type ChunkSpan, planChunks, readRuns } from "./chunks.js";
+import { type Chunk, type ChunkSpan, type PieceTask, planChunks, readRuns } from "./chunks.js";
 
 /** Where a stream reads input tensors from: positional reads of a tensor's bytes. */
 export interface TensorSource {
@@ -60,6 +61,42 @@ interface Prepared {
   readonly regions: (Uint8Array | undefined)[];
   /** The buffers behind `regions`, to release once the chunk is transformed. */
   readonly held: Uint8Array[];
+  /** Values of the scale tensors the chunk's quantized pieces need, by name. */
+  readonly scales: ReadonlyMap<string, Float32Array>;
+}
+
+/**
+ * Scale tensors are small (one float per tensor, row or 128×128 block) and shared by every chunk of their
+ * weight, so the stream keeps the recent ones rather than reading a scale again for each chunk.
+ */
+const SCALE_CACHE_BYTES = 16 * 1024 * 1024;
+
+class ScaleCache {
+  private readonly values = new Map<string, Float32Array>();
+  private bytes = 0;
+
+  get(name: string): Float32Array | undefined {
+    return this.values.get(name);
+  }
+
+  set(name: string, v: Float32Array): void {
+    if (this.values.has(name)) return;
+    this.values.set(name, v);
+    this.bytes += v.byteLength;
+    for (const [old, ov] of this.values) {
+      if (this.bytes <= SCALE_CACHE_BYTES || old === name) break;
+      this.values.delete(old);
+      this.bytes -= ov.byteLength;
+    }
+  }
+}
+
+/** How a piece's scales apply to the region read for it (which starts at the piece's first element). */
+function scalingOf(scale: PieceTask["scale"], scales: ReadonlyMap<string, Float32Array>, origin: number): Scaling | undefined {
+  if (!scale) return undefined;
+  const values = scales.get(scale.src);
+  if (!values) throw new Error(`internal: scale ${scale.src} was not read`);
+  return { scale, values, origin };
 }
 
 /**
@@ -74,6 +111,7 @@ export async function streamTensors(
 ): Promise<void> {
   const pool = options.pool ?? new BufferPool();
   const scratch = new Scratch(pool);
+  const scaleCache = new ScaleCache();
   const release = (bufs: readonly Uint8Array[]): void => {
     for (const b of bufs) pool.release(b);
   };
@@ -82,13 +120,33 @@ export async function streamTensors(
     const buf = pool.acquire(chunk.byteLength);
     const regions: (Uint8Array | undefined)[] = chunk.pieces.map(() => undefined);
     const held: Uint8Array[] = [];
+    const scales = new Map<string, Float32Array>();
     const reads: Promise<void>[] = [];
-    const read = (name: string, offset: number, into: Uint8Array): void => {
-      if (source.readSync) source.readSync(name, offset, into);
-      else reads.push(source.read(name, offset, into, options.signal));
+    const read = (name: string, offset: number, into: Uint8Array, then?: () => void): void => {
+      if (source.readSync) {
+        source.readSync(name, offset, into);
+        then?.();
+      } else reads.push(then ? source.read(name, offset, into, options.signal).then(then) : source.read(name, offset, into, options.signal));
     };
     let failure: { reason: unknown } | undefined;
     try {
+      for (const p of chunk.pieces) {
+        const name = p.scale?.src;
+        if (name === undefined || scales.has(name)) continue;
+        const cached = scaleCache.get(name);
+        if (cached) {
+          scales.set(name, cached);
+          continue;
+        }
+        const info = source.info(name);
+        const bytes = new Uint8Array(byteLength(info));
+        scales.set(name, new Float32Array(0));
+        read(name, 0, bytes, () => {
+          const v = scaleValues(bytes, info.dtype);
+          scales.set(name, v);
+          scaleCache.set(name, v);
+        });
+      }
       for (const run of readRuns(chunk)) {
         const region = pool.acquire(run.end - run.start);
         held.push(region);
@@ -110,7 +168,7 @@ export async function streamTensors(
       release([buf, ...held]);
       throw failure.reason;
     }
-    return { chunk, buf, regions, held };
+    return { chunk, buf, regions, held, scales };
   };
 
   const iterator = planChunks(tensors, (name) => source.info(name).dtype, sink.follows?.bind(sink));
@@ -129,13 +187,15 @@ export async function streamTensors(
     while (next) {
       const current = next;
       next = undefined;
-      const { chunk, buf, regions, held } = await current;
+      const { chunk, buf, regions, held, scales } = await current;
       if (readAheadFirst) startNext();
       let written: Promise<void>;
       try {
         chunk.pieces.forEach((p, i) => {
           const region = regions[i];
-          if (region) transfer(region, p.srcDType, p.srcView, p.dstBase === 0 ? buf : buf.subarray(p.dstBase), p.dstDType, p.dstView, scratch);
+          if (!region) return;
+          const scaling = scalingOf(p.scale, scales, p.srcByteStart / itemSize(p.srcDType));
+          transfer(region, p.srcDType, p.srcView, p.dstBase === 0 ? buf : buf.subarray(p.dstBase), p.dstDType, p.dstView, scratch, scaling);
         });
         if (options.transform) await options.transform(buf, chunk.spans);
         written = sink.write(chunk.tensor, chunk.byteStart, buf);
@@ -179,7 +239,16 @@ export async function buildTensor(t: PlannedTensor, source: TensorSource, pool: 
       const region = inPlace ?? pool.acquire((end - start) * inItem);
       try {
         if (!inPlace) await source.read(p.src, start * inItem, region);
-        transfer(region, srcDType, rebase(p.srcView, start), data, t.dtype, p.dstView, scratch);
+        let scaling: Scaling | undefined;
+        if (p.scale) {
+          const info = source.info(p.scale.src);
+          const size = byteLength(info);
+          const viewed = source.view?.(p.scale.src, 0, size);
+          const bytes = viewed ?? new Uint8Array(size);
+          if (!viewed) await source.read(p.scale.src, 0, bytes);
+          scaling = { scale: p.scale, values: scaleValues(bytes, info.dtype), origin: start };
+        }
+        transfer(region, srcDType, rebase(p.srcView, start), data, t.dtype, p.dstView, scratch, scaling);
       } finally {
         if (!inPlace) pool.release(region);
       }

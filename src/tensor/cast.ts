@@ -1,4 +1,5 @@
 import { type DType, isFloat, itemSize } from "./dtype.js";
+import { float8Table } from "../quant/float8.js";
 import { inArena, widenBf16InArena } from "./wasm/kernels.js";
 
 /**
@@ -76,39 +77,6 @@ export function f16BitsToF32(h: number): number {
   return f16ToF32Table()[h & 0xffff]!;
 }
 
-let e4m3Table: Uint32Array | undefined;
-let e5m2Table: Uint32Array | undefined;
-
-/** float8_e4m3fn: bias 7, no infinities, S.1111.111 is NaN (the PyTorch / OCP definition). */
-function e4m3Table_(): Uint32Array {
-  if (e4m3Table) return e4m3Table;
-  const t = new Uint32Array(256);
-  const f = new Float32Array(t.buffer);
-  for (let v = 0; v < 256; v++) {
-    const neg = (v & 0x80) !== 0;
-    const exp = (v >>> 3) & 0xf;
-    const mant = v & 7;
-    let x: number;
-    if (exp === 0xf && mant === 7) x = NaN;
-    else if (exp === 0) x = (mant / 8) * 2 ** -6;
-    else x = (1 + mant / 8) * 2 ** (exp - 7);
-    f[v] = neg ? -x : x;
-  }
-  t[0x7f] = 0x7fc00000;
-  t[0xff] = 0xffc00000;
-  e4m3Table = t;
-  return t;
-}
-
-/** float8_e5m2: IEEE-like, bias 15, with infinities and NaNs; it is the top byte of a binary16. */
-function e5m2Table_(): Uint32Array {
-  if (e5m2Table) return e5m2Table;
-  const t = new Uint32Array(256);
-  for (let v = 0; v < 256; v++) t[v] = f16BitsToF32(v << 8);
-  e5m2Table = t;
-  return t;
-}
-
 function u16(bytes: Uint8Array, count: number): Uint16Array {
   return new Uint16Array(bytes.buffer, bytes.byteOffset, count);
 }
@@ -144,7 +112,8 @@ function toF32Bits(src: Uint8Array, from: DType, out: Uint32Array, count: number
     }
     case "F8_E4M3":
     case "F8_E5M2": {
-      const t = from === "F8_E4M3" ? e4m3Table_() : e5m2Table_();
+      // One definition of the float8 codes, PyTorch's (src/quant/float8.ts).
+      const t = float8Table(from);
       for (let i = 0; i < count; i++) out[i] = t[src[i]!]!;
       return;
     }

@@ -1,3 +1,6 @@
+import type { PieceScale } from "../adapters/plan.js";
+import { isFloat8 } from "../quant/float8.js";
+import { dequantizeToBf16 } from "../quant/dequantize.js";
 import { castInto } from "./cast.js";
 import { copyView } from "./copy.js";
 import { type DType, itemSize } from "./dtype.js";
@@ -42,6 +45,15 @@ export class Scratch {
 
 const shared = new Scratch();
 
+/** A quantized input's scales, applied while it is transferred (see `Piece.scale`). */
+export interface Scaling {
+  readonly scale: PieceScale;
+  /** The scale tensor's values in float32. */
+  readonly values: Float32Array;
+  /** Flat element index, within the quantized tensor, of element 0 of the `src` buffer. */
+  readonly origin: number;
+}
+
 /**
  * Move the elements of `srcView` over `src` (of `srcDType`) to `dstView` over `dst` (of `dstDType`),
  * casting on the way when the dtypes differ. Views count elements of their own buffer's dtype.
@@ -54,7 +66,12 @@ export function transfer(
   dstDType: DType,
   dstView: View,
   scratch: Scratch = shared,
+  scaling?: Scaling,
 ): void {
+  if (scaling) {
+    transferScaled(src, srcDType, srcView, dst, dstDType, dstView, scratch, scaling);
+    return;
+  }
   if (srcDType === dstDType) {
     copyView(src, dst, itemSize(srcDType), srcView, dstView);
     return;
@@ -71,4 +88,29 @@ export function transfer(
   const cast = scratch.get(0, count * itemSize(dstDType));
   castInto(region, srcDType, cast, dstDType, count);
   copyView(cast, dst, itemSize(dstDType), rebase(srcView, start), dstView);
+}
+
+/** Dequantize the region the view reads into bfloat16, then cast that to the output's dtype and place it. */
+function transferScaled(
+  src: Uint8Array,
+  srcDType: DType,
+  srcView: View,
+  dst: Uint8Array,
+  dstDType: DType,
+  dstView: View,
+  scratch: Scratch,
+  scaling: Scaling,
+): void {
+  if (!isFloat8(srcDType)) throw new TypeError(`internal: a scaled input must hold float8 codes, not ${srcDType}`);
+  const { start, end } = extent(srcView);
+  const count = end - start;
+  const asBf16 = scratch.get(dstDType === "BF16" ? 0 : 1, count * 2);
+  const bits = new Uint16Array(asBf16.buffer, asBf16.byteOffset, count);
+  dequantizeToBf16(src.subarray(start, end), srcDType, bits, count, scaling.origin + start, scaling.scale, scaling.values);
+  let values = asBf16;
+  if (dstDType !== "BF16") {
+    values = scratch.get(0, count * itemSize(dstDType));
+    castInto(asBf16, "BF16", values, dstDType, count);
+  }
+  copyView(values, dst, itemSize(dstDType), rebase(srcView, start), dstView);
 }

@@ -1,7 +1,7 @@
 import { KERNELS_WASM } from "./kernels.generated.js";
 
 /**
- * The SIMD kernels of kernels.wat: transposes and the bfloat16 widening. They work on the module's own memory, so buffers that are to be
+ * The SIMD kernels of kernels.wat: transposes, the bfloat16 widening and FP8 dequantization. They work on the module's own memory, so buffers that are to be
  * transposed this way are carved out of it (see `kernelArena`); anything else takes the JavaScript path.
  */
 interface Exports {
@@ -9,6 +9,7 @@ interface Exports {
   transpose16(src: number, dst: number, rows: number, cols: number, ss: number, ds: number): void;
   transpose32(src: number, dst: number, rows: number, cols: number, ss: number, ds: number): void;
   widen_bf16(src: number, dst: number, count: number): void;
+  dequant_e4m3_bf16(src: number, dst: number, count: number, scale: number): void;
 }
 
 let loaded: Exports | null | undefined;
@@ -99,5 +100,15 @@ export function inArena(buffer: ArrayBufferLike): boolean {
 export function widenBf16InArena(src: number, dst: number, count: number): number {
   const whole = count - (count % 8);
   if (whole > 0) load()!.widen_bf16(src, dst, whole);
+  return whole;
+}
+
+/**
+ * float8_e4m3fn codes × one float32 scale → bfloat16 bits, both buffers in the arena (byte addresses): the
+ * whole multiple of 8 elements in SIMD; returns how many were done so the caller finishes the tail.
+ */
+export function dequantE4m3InArena(src: number, dst: number, count: number, scale: number): number {
+  const whole = count - (count % 8);
+  if (whole > 0) load()!.dequant_e4m3_bf16(src, dst, whole, scale);
   return whole;
 }

@@ -127,4 +127,49 @@
       (local.set $dst (i32.add (local.get $dst) (i32.const 32)))
       (br $each)))
   )
+
+  ;; ---- dequant_*: quantized checkpoints (src/quant/dequantize.ts) ------------------------------------------
+  ;; float8_e4m3fn codes times one float32 scale, rounded to bfloat16: dst[k] = bf16(f32(src[k]) * scale),
+  ;; PyTorch's `(w.to(torch.float32) * scale).to(torch.bfloat16)` bit for bit. `count` is a multiple of 8.
+  ;; A code's magnitude bits shifted into a float32's exponent and mantissa fields, times 2^120, are its value
+  ;; exactly (subnormal codes land on float32 subnormals, which the multiply normalizes); the sign is or-ed in.
+  ;; The product is one IEEE float32 multiply; bfloat16 rounding is to nearest, ties to even, on its bits.
+  ;; NaN (the codes S.1111.111, or a NaN product) becomes 0x7FC0, as PyTorch's rounding makes it.
+  (func $dequant_e4m3_lanes (param $c v128) (param $s v128) (result v128)
+    (local $nonsign v128) (local $p v128) (local $nan v128)
+    (local.set $nonsign (v128.and (local.get $c) (v128.const i32x4 0x7f 0x7f 0x7f 0x7f)))
+    (local.set $p (f32x4.mul
+      (v128.or
+        (f32x4.mul (i32x4.shl (local.get $nonsign) (i32.const 20)) (v128.const f32x4 0x1p120 0x1p120 0x1p120 0x1p120))
+        (i32x4.shl (v128.and (local.get $c) (v128.const i32x4 0x80 0x80 0x80 0x80)) (i32.const 24)))
+      (local.get $s)))
+    (local.set $nan (v128.or
+      (i32x4.eq (local.get $nonsign) (v128.const i32x4 0x7f 0x7f 0x7f 0x7f))
+      (f32x4.ne (local.get $p) (local.get $p))))
+    (v128.bitselect
+      (v128.const i32x4 0x7fc0 0x7fc0 0x7fc0 0x7fc0)
+      (i32x4.shr_u
+        (i32x4.add
+          (i32x4.add (local.get $p) (v128.const i32x4 0x7fff 0x7fff 0x7fff 0x7fff))
+          (v128.and (i32x4.shr_u (local.get $p) (i32.const 16)) (v128.const i32x4 1 1 1 1)))
+        (i32.const 16))
+      (local.get $nan))
+  )
+
+  (func (export "dequant_e4m3_bf16") (param $src i32) (param $dst i32) (param $count i32) (param $scale f32)
+    (local $end i32) (local $s v128) (local $w v128)
+    (local.set $s (f32x4.splat (local.get $scale)))
+    (local.set $end (i32.add (local.get $src) (local.get $count)))
+    (block $done (loop $each
+      (br_if $done (i32.ge_u (local.get $src) (local.get $end)))
+      ;; Eight codes widened to 16-bit lanes, then four at a time to 32-bit lanes.
+      (local.set $w (i16x8.extend_low_i8x16_u (v128.load64_zero (local.get $src))))
+      (v128.store (local.get $dst)
+        (i16x8.narrow_i32x4_u
+          (call $dequant_e4m3_lanes (i32x4.extend_low_i16x8_u (local.get $w)) (local.get $s))
+          (call $dequant_e4m3_lanes (i32x4.extend_high_i16x8_u (local.get $w)) (local.get $s))))
+      (local.set $src (i32.add (local.get $src) (i32.const 8)))
+      (local.set $dst (i32.add (local.get $dst) (i32.const 16)))
+      (br $each)))
+  )
 )
