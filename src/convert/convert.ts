@@ -10,7 +10,7 @@ import { type AuxFiles, SKIP_CONFIG, copyAuxFiles, listAuxFiles } from "./aux-fi
 import { checkpointSource } from "./checkpoint-source.js";
 import { type FaultInjection, withInjectedFaults } from "./faults.js";
 import type { Layout } from "./layout.js";
-import { type ConversionPlan, type ConvertOptions, planConversion, planInput } from "./planner.js";
+import { type ConversionPlan, type ConvertOptions, type Dequantization, loadPlanInput, planConversion } from "./planner.js";
 import { streamTensors } from "./stream.js";
 
 export interface ConvertCallbacks {
@@ -58,8 +58,9 @@ export async function prepareConversion(checkpoint: Checkpoint, options: Convert
     throw new InputError(`${checkpoint.where}: convert needs a checkpoint folder (with config.json), not a single file`);
   }
   const config = await checkpoint.readConfig(signal);
-  const plan = planConversion(planInput(checkpoint), config, options);
-  const aux = await listAuxFiles(checkpoint.folder, checkpoint.weightFiles, plan.outputConfig ? { skip: SKIP_CONFIG } : {});
+  const plan = planConversion(await loadPlanInput(checkpoint, signal), config, options);
+  const skip = new Set([...(plan.outputConfig ? SKIP_CONFIG : []), ...plan.droppedFiles]);
+  const aux = await listAuxFiles(checkpoint.folder, checkpoint.weightFiles, skip.size > 0 ? { skip } : {});
   return { checkpoint, config, plan, aux };
 }
 
@@ -105,9 +106,13 @@ export interface FolderConversion {
   readonly files: readonly string[];
   readonly auxFiles: readonly string[];
   readonly skippedFiles: readonly string[];
+  /** Files of the source left out on purpose (a dequantized copy's hf_quant_config.json). */
+  readonly droppedFiles: readonly string[];
   /** False when the source folder could not be listed, so no file besides the weights was copied. */
   readonly auxListed: boolean;
   readonly configChanged: boolean;
+  /** Set when quantized weights were read as bf16 (`dequantize`). */
+  readonly dequantized?: Dequantization;
   readonly warnings: readonly Diagnostic[];
 }
 
@@ -124,8 +129,10 @@ export function conversionSummary(prepared: PreparedConversion, written: Written
     files: written.files,
     auxFiles: written.auxFiles,
     skippedFiles: aux.skipped,
+    droppedFiles: plan.droppedFiles,
     auxListed: aux.listable,
     configChanged: plan.outputConfig !== undefined,
+    ...(plan.dequantized ? { dequantized: plan.dequantized } : {}),
     warnings: plan.warnings,
   };
 }

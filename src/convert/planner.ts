@@ -2,11 +2,15 @@ import { type ModelConfig, parseModelConfig, truncationEdits } from "../adapters
 import type { ExpertActivation, ExpertParallel } from "../adapters/experts.js";
 import { NemotronOmniStateDictAdapter } from "../adapters/nemotron-omni.js";
 import { NemotronV3StateDictAdapter, resolveDType } from "../adapters/nemotron-v3.js";
-import type { Diagnostic, Plan, PlannedTensor } from "../adapters/plan.js";
+import { type Diagnostic, type Plan, type PlannedTensor, inputTensor } from "../adapters/plan.js";
+import { compileKeyRegex } from "../adapters/key-regex.js";
 import { ConversionError, InputError, UsageError } from "../errors.js";
-import type { Checkpoint, ConfigFile } from "../safetensors/checkpoint.js";
+import { type Checkpoint, type ConfigFile, parseConfigText } from "../safetensors/checkpoint.js";
+import { readText } from "../io/folder.js";
 import { referenceOrder } from "../safetensors/encode.js";
-import { editJson } from "../safetensors/json-edit.js";
+import { type JsonEdit, editJson } from "../safetensors/json-edit.js";
+import { type Quantization, SCHEME_NAMES, detectQuantization, hasNvfp4 } from "../quant/detect.js";
+import { HF_QUANT_CONFIG, dequantizedHeaders, quantConfigEdits, quantizedError, withScales } from "../quant/plan.js";
 import { isFloat } from "../tensor/dtype.js";
 import { type TensorInfo, byteLength } from "../tensor/tensor.js";
 import { checkConsistency, requireConsistent } from "./consistency.js";
@@ -24,6 +28,21 @@ export interface ConvertOptions {
   /** Per-expert LoRA keys instead of ParamWrapper (to HF). */
   readonly v4Compatible?: boolean;
   readonly expertActivation?: ExpertActivation;
+  /**
+   * Read a quantized HF checkpoint's FP8 weights as bf16 (`(f32(w) × scale)` rounded to nearest even) and
+   * leave its scales and quantization config out; without it a quantized checkpoint is refused.
+   */
+  readonly dequantize?: boolean;
+}
+
+/** What a dequantizing conversion did, for its summary. */
+export interface Dequantization {
+  /** Weights read as bf16, per scheme name. */
+  readonly weights: Readonly<Record<string, number>>;
+  /** Scales, input_scale, k_scale/v_scale: tensors left out. */
+  readonly droppedTensors: number;
+  /** Where a `quantization_config` was removed from config.json. */
+  readonly configRemoved: readonly string[];
 }
 
 export interface ConversionPlan {
@@ -39,6 +58,10 @@ export interface ConversionPlan {
    * the changed values edited. Undefined when the input's file is copied byte for byte.
    */
   readonly outputConfig: ConfigFile | undefined;
+  /** Files of the source that do not belong in the output (a dequantized copy has no hf_quant_config.json). */
+  readonly droppedFiles: readonly string[];
+  /** Set when the conversion dequantizes. */
+  readonly dequantized?: Dequantization;
   readonly inputBytes: number;
   readonly outputBytes: number;
 }
@@ -50,10 +73,22 @@ const FATAL: ReadonlySet<string> = new Set(["expert-out-of-range", "grouped-shap
 export interface PlanInput {
   readonly headers: ReadonlyMap<string, TensorInfo>;
   readonly where: string;
+  /** `hf_quant_config.json` of the folder, parsed, when it has one (ModelOpt's description of a quantized export). */
+  readonly hfQuantConfig?: unknown;
 }
 
-export function planInput(ckpt: Checkpoint): PlanInput {
-  return { headers: ckpt.tensors, where: ckpt.where };
+export function planInput(ckpt: Checkpoint, hfQuantConfig?: unknown): PlanInput {
+  return { headers: ckpt.tensors, where: ckpt.where, ...(hfQuantConfig !== undefined ? { hfQuantConfig } : {}) };
+}
+
+/** `hf_quant_config.json` beside config.json is small; anything past this is not one. */
+const MAX_QUANT_CONFIG_BYTES = 16_000_000;
+
+/** A checkpoint's plan input with its `hf_quant_config.json` read, as whole-checkpoint operations need it. */
+export async function loadPlanInput(ckpt: Checkpoint, signal?: AbortSignal): Promise<PlanInput> {
+  const folder = ckpt.folder;
+  if (folder === undefined || (await folder.stat(HF_QUANT_CONFIG))?.kind !== "file") return planInput(ckpt);
+  return planInput(ckpt, parseConfigText(await readText(folder, HF_QUANT_CONFIG, MAX_QUANT_CONFIG_BYTES, signal), folder.describe(HF_QUANT_CONFIG)).values);
 }
 
 function checkOptions(o: ConvertOptions, config: ModelConfig): void {
@@ -85,10 +120,24 @@ function checkOptions(o: ConvertOptions, config: ModelConfig): void {
   if (o.dtype !== undefined) resolveDType(o.dtype);
 }
 
-/** config.json for a model truncated to its first `n` layers, edited in its own text. */
-function truncatedConfig(input: ConfigFile, config: ModelConfig, n: number): ConfigFile {
-  const text = editJson(input.text, truncationEdits(input.values, config, n), { nonFinite: true });
-  return { file: input.file, text, values: input.values };
+/** config.json edited in its own text: cut to fewer layers, its quantization config removed. */
+function editedConfig(input: ConfigFile, edits: readonly JsonEdit[]): ConfigFile | undefined {
+  if (edits.length === 0) return undefined;
+  return { file: input.file, text: editJson(input.text, edits, { nonFinite: true }), values: input.values };
+}
+
+/**
+ * Quantization is looked for before anything is planned (SPEC §7): a quantized checkpoint is refused,
+ * or with `dequantize` seen as the bf16 checkpoint it stands for.
+ */
+function resolveQuantization(input: PlanInput, configFile: ConfigFile, dequantize: boolean): { headers: ReadonlyMap<string, TensorInfo>; quant?: Quantization } {
+  const quant = detectQuantization(input.headers, configFile.values, input.hfQuantConfig);
+  if (!quant) {
+    if (dequantize) throw new UsageError(`--dequantize given, but ${input.where} is not quantized`);
+    return { headers: input.headers };
+  }
+  if (!dequantize || hasNvfp4(quant) || quant.unsupported.length > 0) throw quantizedError(quant, input.where);
+  return { headers: dequantizedHeaders(input.headers, quant), quant };
 }
 
 /**
@@ -96,9 +145,12 @@ function truncatedConfig(input: ConfigFile, config: ModelConfig, n: number): Con
  * each output tensor's recipe, in write order. Reads no tensor data.
  */
 export function planConversion(input: PlanInput, configFile: ConfigFile, options: ConvertOptions): ConversionPlan {
-  const { headers, where } = input;
+  const { where } = input;
+  const { headers, quant } = resolveQuantization(input, configFile, options.dequantize === true);
   const source = requireLayout(headers.keys(), where);
-  if (source === options.to) throw new InputError(`${where}: is already in the ${layoutName(source)} layout`);
+  // Dequantizing into the same layout is a conversion of its own: the HF checkpoint written in bf16.
+  const sameLayout = source === options.to;
+  if (sameLayout && !quant) throw new InputError(`${where}: is already in the ${layoutName(source)} layout`);
   const configPath = configFile.file;
   const config = parseModelConfig(configFile.values, configPath);
   checkOptions(options, config);
@@ -116,7 +168,8 @@ export function planConversion(input: PlanInput, configFile: ConfigFile, options
       : new NemotronV3StateDictAdapter(llm, adapterOptions);
   let plan: Plan;
   try {
-    if (options.to === "native") plan = planner.planFromHf(headers, options.ep ? { ep: options.ep } : {});
+    if (sameLayout) plan = samePlan(headers, options.exclude);
+    else if (options.to === "native") plan = planner.planFromHf(headers, options.ep ? { ep: options.ep } : {});
     else {
       plan = planner.planToHf(headers, {
         ...(options.exclude !== undefined ? { excludeKeyRegex: options.exclude } : {}),
@@ -139,19 +192,32 @@ export function planConversion(input: PlanInput, configFile: ConfigFile, options
       t.name.includes("e_score_correction_bias") && isFloat(t.dtype) && t.dtype !== "F32" ? { ...t, dtype: "F32" as const } : t,
     );
   }
+  if (quant) tensors = withScales(tensors, quant);
   tensors = referenceOrder(tensors);
-  const outputConfig =
-    options.numLayers !== undefined && options.numLayers < config.llm.numHiddenLayers
-      ? truncatedConfig(configFile, config, options.numLayers)
-      : undefined;
+  const truncate = options.numLayers !== undefined && options.numLayers < config.llm.numHiddenLayers;
+  const edits = [...(truncate ? truncationEdits(configFile.values, config, options.numLayers!) : []), ...(quant ? quantConfigEdits(quant) : [])];
   return {
     source,
     target: options.to,
     config,
     tensors,
     warnings: plan.diagnostics.filter((d) => !FATAL.has(d.code) && d.code !== "layer-dropped"),
-    outputConfig,
-    inputBytes: [...headers.values()].reduce((n, t) => n + byteLength(t), 0),
+    outputConfig: editedConfig(configFile, edits),
+    droppedFiles: quant && input.hfQuantConfig !== undefined ? [HF_QUANT_CONFIG] : [],
+    ...(quant ? { dequantized: dequantization(quant) } : {}),
+    inputBytes: [...input.headers.values()].reduce((n, t) => n + byteLength(t), 0),
     outputBytes: tensors.reduce((n, t) => n + byteLength(t), 0),
   };
+}
+
+/** An HF checkpoint dequantized into the HF layout: every tensor as it is (but for `--exclude`). */
+function samePlan(headers: ReadonlyMap<string, TensorInfo>, exclude: string | undefined): Plan {
+  const re = exclude === undefined ? undefined : compileKeyRegex(exclude);
+  return { tensors: [...headers].filter(([name]) => !re?.test(name)).map(([name, info]) => inputTensor(name, info)), diagnostics: [] };
+}
+
+function dequantization(q: Quantization): Dequantization {
+  const weights: Record<string, number> = {};
+  for (const w of q.weights.values()) weights[SCHEME_NAMES[w.scheme]] = (weights[SCHEME_NAMES[w.scheme]] ?? 0) + 1;
+  return { weights, droppedTensors: q.extras.size, configRemoved: q.declarations.flatMap((d) => (d.path ? [d.where] : [])) };
 }

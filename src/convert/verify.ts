@@ -9,7 +9,7 @@ import { Scratch } from "../tensor/transfer.js";
 import { COMPONENTS, type Component, componentOf } from "./components.js";
 import { checkpointSource } from "./checkpoint-source.js";
 import { type Layout, requireLayout } from "./layout.js";
-import { planConversion, planInput } from "./planner.js";
+import { loadPlanInput, planConversion } from "./planner.js";
 import { BufferPool } from "./buffer-pool.js";
 import { type TensorSource, buildTensor } from "./stream.js";
 
@@ -62,7 +62,7 @@ export async function verifyRoundTrip(ckpt: Checkpoint, options: VerifyOptions =
   const started = performance.now();
   const dir = ckpt.where;
   const configFile = await ckpt.readConfig(options.signal);
-  const input = planInput(ckpt);
+  const input = await loadPlanInput(ckpt, options.signal);
   const probe = requireLayout(input.headers.keys(), input.where);
   const there: Layout = probe === "hf" ? "native" : "hf";
   const forward = planConversion(input, configFile, { to: there });

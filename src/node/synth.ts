@@ -3,6 +3,8 @@ import * as path from "node:path";
 import { INDEX_FILE, indexJson } from "../safetensors/shard-plan.js";
 import { encodeHeader } from "../safetensors/encode.js";
 import { type SynthOptions, type SynthPlan, type SynthSummary, planSynth, synthOtherFiles, synthSummary, writeSynth } from "../synth/layout.js";
+import type { SynthQuant } from "../synth/quant-kinds.js";
+import { quantSynthOtherFiles, quantizeSynthPlan, writeQuantSynth } from "../synth/quantize.js";
 import { LocalOutput, writeFileDurably } from "./local-output.js";
 import { OutputFolder } from "./output-folder.js";
 
@@ -14,10 +16,12 @@ export interface SynthRequest extends SynthOptions {
    * takes no disk space and is written instantly. For planning, `inspect` and pipeline tests at real scale.
    */
   readonly sparse?: boolean;
+  /** A quantized version: ModelOpt FP8, block FP8 or (mixed) NVFP4, as `src/synth/quantize.ts` makes them. */
+  readonly quant?: SynthQuant;
 }
 
 /** Shards with real headers and holes for data, plus the index and other files: a placeholder of any size. */
-function writeSparse(dir: string, plan: SynthPlan): string[] {
+function writeSparse(dir: string, plan: SynthPlan, others: readonly [string, Uint8Array][] = synthOtherFiles(plan)): string[] {
   const plans = plan.shards;
   for (const shard of plans) {
     const header = encodeHeader(shard.tensors);
@@ -36,18 +40,23 @@ function writeSparse(dir: string, plan: SynthPlan): string[] {
     writeFileDurably(path.join(dir, INDEX_FILE), index);
     files.push(INDEX_FILE);
   }
-  for (const [rel, bytes] of synthOtherFiles(plan)) writeFileDurably(path.join(dir, rel), bytes);
-  return [...files, ...synthOtherFiles(plan).map(([rel]) => rel)];
+  for (const [rel, bytes] of others) writeFileDurably(path.join(dir, rel), bytes);
+  return [...files, ...others.map(([rel]) => rel)];
 }
 
 /** Write a synthetic HF-layout checkpoint to `dir` (built in a temporary sibling, renamed when complete). */
-export async function synthesize(dir: string, options: SynthRequest = {}): Promise<SynthSummary> {
-  const plan = planSynth(options);
+export async function synthesize(dir: string, options: SynthRequest = {}): Promise<SynthSummary & { readonly quant?: SynthQuant }> {
+  const base = planSynth(options);
+  const q = options.quant !== undefined ? quantizeSynthPlan(base, options.quant) : undefined;
+  const plan = q?.plan ?? base;
   const out = OutputFolder.prepare(dir, options.force ? { force: true } : {});
   try {
-    const files = options.sparse ? writeSparse(out.tmp, plan) : await writeSynth(plan, new LocalOutput(out.tmp, dir), options.signal);
+    let files: string[];
+    if (options.sparse) files = writeSparse(out.tmp, plan, q ? quantSynthOtherFiles(q) : undefined);
+    else if (q) files = await writeQuantSynth(q, new LocalOutput(out.tmp, dir), options.signal);
+    else files = await writeSynth(plan, new LocalOutput(out.tmp, dir), options.signal);
     out.commit();
-    return synthSummary(plan, dir, files);
+    return { ...synthSummary(plan, dir, files), ...(q ? { quant: q.quant } : {}) };
   } catch (e) {
     throw out.fail(e);
   }

@@ -24,6 +24,7 @@ interface ConvertFlags {
   json?: boolean;
   followSymlinks?: boolean;
   expertActivation?: string;
+  dequantize?: boolean;
 }
 
 function describe(s: ConvertSummary): string {
@@ -33,6 +34,15 @@ function describe(s: ConvertSummary): string {
     `converted ${layoutShortName(s.from)} → ${layoutShortName(s.to)}: ${formatCount(s.tensorsIn)} → ${formatCount(s.tensorsOut)} tensors, ` +
     `${formatBytes(s.bytesOut)} in ${files}${aux}, ${formatSeconds(s.seconds)} (${formatRate(s.bytesIn, s.seconds)}) → ${s.dst}`
   );
+}
+
+function dequantizedNote(s: ConvertSummary): string {
+  const d = s.dequantized!;
+  const weights = Object.entries(d.weights).map(([scheme, n]) => `${formatCount(n)} ${scheme}`).join(" and ");
+  const left = [`${formatCount(d.droppedTensors)} quantization tensor${d.droppedTensors === 1 ? "" : "s"} (scales, input_scale, k_scale/v_scale)`];
+  if (d.configRemoved.length > 0) left.push(`${d.configRemoved.join(" and ")} (every other field kept as written)`);
+  if (s.droppedFiles.length > 0) left.push(s.droppedFiles.join(", "));
+  return `dequantized ${weights} weights to bf16; left out ${left.join(", ")}`;
 }
 
 export function registerConvert(program: Command): void {
@@ -49,6 +59,7 @@ export function registerConvert(program: Command): void {
     .option("--exclude <regex>", "drop tensors whose name matches this Python-style regex at its start (to hf)")
     .option("--v4-compatible", "write expert LoRA per expert (PEFT v4) instead of the fused ParamWrapper form (to hf)")
     .option("--expert-activation <act>", "expert activation: relu2 (this model) or a gated one (swiglu, geglu, …)")
+    .option("--dequantize", "read a quantized (FP8) HF checkpoint's weights as bf16 and leave its scales and quantization config out")
     .option("--max-shard-size <size>", "largest shard, e.g. 5GB, 500MB, 100KB", DEFAULT_MAX_SHARD_SIZE_FLAG)
     .option("--force", "replace DST if it exists")
     .option("--follow-symlinks", "allow shards and files that are symlinks leading outside SRC")
@@ -74,6 +85,7 @@ export function registerConvert(program: Command): void {
         ...(flags.exclude !== undefined ? { exclude: flags.exclude } : {}),
         ...(flags.v4Compatible ? { v4Compatible: true } : {}),
         ...(flags.expertActivation !== undefined ? { expertActivation: flags.expertActivation as ExpertActivation } : {}),
+        ...(flags.dequantize ? { dequantize: true } : {}),
         maxShardSize: parseSize(flags.maxShardSize),
         ...(flags.force ? { force: true } : {}),
         ...sourceOptions(flags),
@@ -94,7 +106,10 @@ export function registerConvert(program: Command): void {
       warnList(summary.warnings.map((w) => `warning: ${w.message}`));
       if (summary.skippedFiles.length > 0) warn(`not copied (weights of another checkpoint): ${summary.skippedFiles.join(", ")}`);
       if (!summary.auxListed) warn(`${src} cannot be listed, so only its config.json and weights were read; no other file (tokenizer, processor, code) was copied`);
-      if (summary.configChanged) warn("config.json: num_hidden_layers and the layer pattern were cut to --num-layers (every other field kept as written)");
+      if (summary.dequantized) warn(dequantizedNote(summary));
+      if (summary.configChanged && flags.numLayers !== undefined) {
+        warn("config.json: num_hidden_layers and the layer pattern were cut to --num-layers (every other field kept as written)");
+      }
       say(describe(summary));
     });
 }
