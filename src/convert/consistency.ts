@@ -1,6 +1,7 @@
 import type { ModelConfig } from "../adapters/config.js";
 import { parseExpertKey } from "../adapters/expert-keys.js";
 import { FormatError } from "../errors.js";
+import { logicalShape } from "../quant/detect.js";
 import type { TensorInfo } from "../tensor/tensor.js";
 import { formatShape } from "../tensor/tensor.js";
 import type { Layout } from "./layout.js";
@@ -53,8 +54,10 @@ export function checkConsistency(
     if (hf) {
       const expert = hf.expert;
       if (expert >= E) problems.push(`n_routed_experts is ${E}, but the checkpoint has expert ${expert} (${name})`);
-      if (I !== undefined && info.shape.length === 2) {
-        const [rows, cols] = info.shape as [number, number];
+      // NVFP4 packs two values in a byte along the input axis: its [out, in/2] bytes are [out, in] weights.
+      const shape = logicalShape(name, info, headers);
+      if (I !== undefined && shape.length === 2) {
+        const [rows, cols] = shape as [number, number];
         const proj = hf.proj;
         const interAxis = proj === "down_proj" ? cols : rows;
         const hiddenAxis = proj === "down_proj" ? rows : cols;

@@ -6,7 +6,8 @@ import { byteLength, numel } from "../tensor/tensor.js";
 import { COMPONENTS, type Component, componentOf } from "./components.js";
 import { checkConsistency, requireConsistent } from "./consistency.js";
 import { type Layout, detectLayout } from "./layout.js";
-import { planConversion, planInput } from "./planner.js";
+import { type QuantSummary, detectQuantization, summarizeQuantization } from "../quant/detect.js";
+import { loadPlanInput, planConversion } from "./planner.js";
 
 export interface ComponentStats {
   readonly component: Component;
@@ -36,8 +37,11 @@ export interface InspectReport {
   };
   /** Experts per grouped tensor when this native checkpoint is one expert-parallel rank's slice. */
   readonly epSlice?: { readonly experts: number; readonly of: number };
+  /** How the checkpoint is quantized, when it is (SPEC §7). */
+  readonly quantization?: QuantSummary;
+  /** What `convert` would write; `dequantize` when only `convert --dequantize` can convert it. */
   readonly convert?:
-    | { readonly to: Layout; readonly tensors: number; readonly bytes: number; readonly files: number }
+    | { readonly to: Layout; readonly tensors: number; readonly bytes: number; readonly files: number; readonly dequantize?: true }
     | { readonly to: Layout; readonly error: string };
 }
 
@@ -76,19 +80,23 @@ export async function describeCheckpoint(ckpt: Checkpoint, location = ckpt.where
     ...(llm.hiddenSize !== undefined ? { hidden: llm.hiddenSize } : {}),
     ...(llm.numNextnPredictLayers !== undefined ? { mtpLayers: llm.numNextnPredictLayers } : {}),
   };
-  const input = planInput(ckpt);
+  const input = await loadPlanInput(ckpt, signal);
+  const quant = detectQuantization(input.headers, configFile.values, input.hfQuantConfig);
+  const quantization = quant ? summarizeQuantization(quant) : undefined;
   const report = layout ? checkConsistency(config, layout, input.headers) : undefined;
   if (report) requireConsistent(report, configFile.file);
   const epSlice = report?.epSliceExperts !== undefined && llm.nRoutedExperts !== undefined ? { experts: report.epSliceExperts, of: llm.nRoutedExperts } : undefined;
   let convert: InspectReport["convert"];
   if (layout) {
     const to: Layout = layout === "hf" ? "native" : "hf";
+    const dequantize = quantization?.dequantizable === true;
     try {
-      const plan = planConversion(input, configFile, { to });
-      convert = { to, tensors: plan.tensors.length, bytes: plan.outputBytes, files: planShards(plan.tensors).length };
+      const plan = planConversion(input, configFile, { to, ...(dequantize ? { dequantize } : {}) });
+      convert = { to, tensors: plan.tensors.length, bytes: plan.outputBytes, files: planShards(plan.tensors).length, ...(dequantize ? { dequantize } : {}) };
     } catch (e) {
-      // An expert-parallel slice is a valid checkpoint that cannot go to HF alone; anything else is broken.
-      if (!epSlice) throw e;
+      // An expert-parallel slice is a valid checkpoint that cannot go to HF alone, and a quantization
+      // omni-ckpt cannot undo is described above; anything else is broken.
+      if (!epSlice && !quantization) throw e;
       convert = { to, error: (e as Error).message };
     }
   }
@@ -96,6 +104,7 @@ export async function describeCheckpoint(ckpt: Checkpoint, location = ckpt.where
     ...base,
     model,
     ...(epSlice ? { epSlice } : {}),
+    ...(quantization ? { quantization } : {}),
     ...(convert ? { convert } : {}),
   };
 }

@@ -205,7 +205,7 @@ export function detectQuantization(headers: ReadonlyMap<string, TensorInfo>, con
     }
   }
   const nvfp4 = [...weights.values()].filter((w) => w.scheme === "nvfp4").length;
-  if (nvfp4 > 0) unsupported.unshift(`${nvfp4} weights are NVFP4 (packed U8 pairs with F8_E4M3 block scales), which omni-ckpt does not dequantize`);
+  if (nvfp4 > 0) unsupported.unshift(`${nvfp4} ${nvfp4 === 1 ? "weight is" : "weights are"} NVFP4 (packed U8 pairs with F8_E4M3 block scales), which omni-ckpt does not dequantize`);
   if (weights.size === 0 && extras.size === 0 && declarations.length === 0) return undefined;
   return { weights, extras, declarations, unsupported };
 }

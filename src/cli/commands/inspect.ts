@@ -1,10 +1,40 @@
 import type { Command } from "commander";
 import type { InspectReport } from "../../convert/inspect.js";
+import type { QuantSummary } from "../../quant/detect.js";
 import { layoutName, layoutShortName } from "../../convert/layout.js";
 import { DEFAULT_MAX_SHARD_SIZE_FLAG } from "../../safetensors/shard-size.js";
 import { formatBytes, formatCount, table } from "../format.js";
 import { printJson, say } from "../output.js";
 import { SOURCE_HELP, sourceOptions } from "../sources.js";
+
+const SCALE_LAYOUTS: Readonly<Record<string, string>> = { tensor: "per tensor", row: "per row", block: "per block" };
+
+const counts = (o: Readonly<Record<string, number | undefined>>, name: (k: string) => string = (k) => k): string =>
+  Object.entries(o)
+    .map(([k, n]) => `${name(k)}×${formatCount(n!)}`)
+    .join(" ");
+
+/** The quantization: which schemes, where (components), how scaled, and what else it adds. */
+function renderQuantization(q: QuantSummary): string[] {
+  const declared = q.declarations.map((d) => `${d.where}: ${[d.method, d.algo].filter((x) => x !== undefined).join(" ") || "no method named"}`);
+  const lines = [`quantized: ${q.schemes.map((s) => s.name).join(" and ") || "no quantized weight"}${declared.length > 0 ? ` (${declared.join("; ")})` : ""}`];
+  if (q.schemes.length > 0) {
+    const rows = q.schemes.map((s) => [
+      s.name,
+      formatCount(s.weights),
+      counts(s.dtypes),
+      counts(s.scales, (k) => SCALE_LAYOUTS[k] ?? k) || "-",
+      Object.entries(s.components)
+        .map(([c, n]) => `${c} ${formatCount(n!)}`)
+        .join(", "),
+    ]);
+    lines.push(table(["scheme", "weights", "dtypes", "scales", "where"], rows, new Set([1])));
+  }
+  const extras = Object.values(q.extras).reduce((a, n) => a + (n ?? 0), 0);
+  if (extras > 0) lines.push(`and ${formatCount(extras)} tensors that only serve the quantization: ${counts(q.extras)}`);
+  if (!q.dequantizable) lines.push(`convert --dequantize cannot read it: ${q.problem}`);
+  return lines;
+}
 
 function render(r: InspectReport): string {
   const lines: string[] = [];
@@ -34,11 +64,12 @@ function render(r: InspectReport): string {
     lines.push(m.experts !== undefined ? `experts: ${m.experts} routed per MoE layer, width ${m.expertWidth}` : "experts: none (dense)");
     if (m.mtpLayers !== undefined) lines.push(`MTP: ${m.mtpLayers} next-token prediction module${m.mtpLayers === 1 ? "" : "s"}`);
   }
+  if (r.quantization) lines.push("", ...renderQuantization(r.quantization));
   if (r.convert) {
     lines.push("");
     const to = layoutShortName(r.convert.to);
     if ("error" in r.convert) lines.push(`convert --to ${r.convert.to}: not possible: ${r.convert.error}`);
-    else lines.push(`convert --to ${r.convert.to} would write ${formatCount(r.convert.tensors)} ${to} tensors, ${formatBytes(r.convert.bytes)} in ${r.convert.files} file${r.convert.files === 1 ? "" : "s"} (${DEFAULT_MAX_SHARD_SIZE_FLAG} shards)`);
+    else lines.push(`convert ${r.convert.dequantize ? "--dequantize " : ""}--to ${r.convert.to} would write ${formatCount(r.convert.tensors)} ${to} tensors, ${formatBytes(r.convert.bytes)} in ${r.convert.files} file${r.convert.files === 1 ? "" : "s"} (${DEFAULT_MAX_SHARD_SIZE_FLAG} shards)`);
   }
   return lines.join("\n");
 }
