@@ -3,6 +3,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { synthesize } from "../src/node/synth.js";
+import { dequantizeSection } from "./dequantize.js";
 import {
   type Sample,
   bigRounds,
@@ -140,6 +141,7 @@ async function inspectSection(): Promise<string> {
 const SECTIONS: readonly (readonly [string, () => Promise<string>])[] = [
   ["convert", conversionSection],
   ["inspect", inspectSection],
+  ["dequantize", dequantizeSection],
 ];
 
 async function main(): Promise<void> {

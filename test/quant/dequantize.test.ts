@@ -16,7 +16,7 @@ const hex = (n: number): string => `0x${n.toString(16).padStart(4, "0")}`;
 
 /** Scales that reach every corner: exact, ties, overflow to inf, float32 and bfloat16 subnormals, 0, NaN. */
 const SCALES = [
-  1, 2 ** -9, 1 + 2 ** -23, 1 / 448, 0.1, 3.0517578125e-5, 1e38, 2 ** 120, 2 ** -130, 1e-45, 2 ** -149, 0, -1, -0.75,
+  1, 2 ** -9, 1 + 2 ** -23, 1 / 448, 100, 127.99, -0, 0.1, 3.0517578125e-5, 1e38, 2 ** 120, 2 ** -130, 1e-45, 2 ** -149, 0, -1, -0.75,
   Infinity, NaN, f32Of(0x3f808000), f32Of(0x3f818000), f32Of(0x00800000), f32Of(0x7f7fffff),
 ].map((x) => Math.fround(x));
 

@@ -105,9 +105,11 @@ export function widenBf16InArena(src: number, dst: number, count: number): numbe
 
 /**
  * float8_e4m3fn codes × one float32 scale → bfloat16 bits, both buffers in the arena (byte addresses): the
- * whole multiple of 8 elements in SIMD; returns how many were done so the caller finishes the tail.
+ * whole multiple of 8 elements in SIMD; returns how many were done so the caller finishes the tail (and
+ * does everything for a NaN or infinite scale, whose products the kernel does not round as PyTorch does).
  */
 export function dequantE4m3InArena(src: number, dst: number, count: number, scale: number): number {
+  if (!Number.isFinite(scale)) return 0;
   const whole = count - (count % 8);
   if (whole > 0) load()!.dequant_e4m3_bf16(src, dst, whole, scale);
   return whole;

@@ -130,44 +130,111 @@
 
   ;; ---- dequant_*: quantized checkpoints (src/quant/dequantize.ts) ------------------------------------------
   ;; float8_e4m3fn codes times one float32 scale, rounded to bfloat16: dst[k] = bf16(f32(src[k]) * scale),
-  ;; PyTorch's `(w.to(torch.float32) * scale).to(torch.bfloat16)` bit for bit. `count` is a multiple of 8.
-  ;; A code's magnitude bits shifted into a float32's exponent and mantissa fields, times 2^120, are its value
-  ;; exactly (subnormal codes land on float32 subnormals, which the multiply normalizes); the sign is or-ed in.
-  ;; The product is one IEEE float32 multiply; bfloat16 rounding is to nearest, ties to even, on its bits.
-  ;; NaN (the codes S.1111.111, or a NaN product) becomes 0x7FC0, as PyTorch's rounding makes it.
-  (func $dequant_e4m3_lanes (param $c v128) (param $s v128) (result v128)
-    (local $nonsign v128) (local $p v128) (local $nan v128)
-    (local.set $nonsign (v128.and (local.get $c) (v128.const i32x4 0x7f 0x7f 0x7f 0x7f)))
-    (local.set $p (f32x4.mul
-      (v128.or
-        (f32x4.mul (i32x4.shl (local.get $nonsign) (i32.const 20)) (v128.const f32x4 0x1p120 0x1p120 0x1p120 0x1p120))
-        (i32x4.shl (v128.and (local.get $c) (v128.const i32x4 0x80 0x80 0x80 0x80)) (i32.const 24)))
-      (local.get $s)))
-    (local.set $nan (v128.or
-      (i32x4.eq (local.get $nonsign) (v128.const i32x4 0x7f 0x7f 0x7f 0x7f))
-      (f32x4.ne (local.get $p) (local.get $p))))
-    (v128.bitselect
-      (v128.const i32x4 0x7fc0 0x7fc0 0x7fc0 0x7fc0)
-      (i32x4.shr_u
+  ;; PyTorch's `(w.to(torch.float32) * scale).to(torch.bfloat16)` bit for bit, for a finite scale (the caller
+  ;; takes the others). `count` is a multiple of 8. Each code becomes its exact value as a bfloat16 (normal
+  ;; codes by moving their fields, e + 120 and m; the subnormal ones from a table), widened to float32
+  ;; (so no operand is ever subnormal, which x86 multiplies slowly), times the scale in one IEEE float32
+  ;; multiply, rounded to nearest even on the product's bits. The NaN codes S.1111.111 become 0x7FC0, as
+  ;; PyTorch's rounding makes every NaN.
+  (func (export "dequant_e4m3_bf16") (param $src i32) (param $dst i32) (param $count i32) (param $scale f32)
+    (local $end i32) (local $s v128) (local $zero v128) (local $v v128) (local $n v128) (local $nan v128) (local $sub v128)
+    (local $lo v128) (local $hi v128) (local $m v128) (local $p v128) (local $r0 v128) (local $r1 v128)
+    (local.set $s (f32x4.splat (local.get $scale)))
+    (local.set $end (i32.add (local.get $src) (local.get $count)))
+    ;; Sixteen codes a round while they last, then eight.
+    (block $done16 (loop $each16
+      (br_if $done16 (i32.gt_u (i32.add (local.get $src) (i32.const 16)) (local.get $end)))
+      (local.set $v (v128.load (local.get $src)))
+      (local.set $n (v128.and (local.get $v) (v128.const i8x16 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f)))
+      (local.set $nan (i8x16.eq (local.get $n) (v128.const i8x16 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f)))
+      (local.set $sub (i8x16.lt_u (local.get $n) (v128.const i8x16 8 8 8 8 8 8 8 8 8 8 8 8 8 8 8 8)))
+      ;; Subnormal codes (0–7) from a table: m × 2^-9 as bfloat16, low and high bytes; 0 for the rest.
+      (local.set $lo (i8x16.swizzle (v128.const i8x16 0x00 0x00 0x80 0xc0 0x00 0x20 0x40 0x60 0 0 0 0 0 0 0 0) (local.get $n)))
+      (local.set $hi (i8x16.swizzle (v128.const i8x16 0x00 0x3b 0x3b 0x3b 0x3c 0x3c 0x3c 0x3c 0 0 0 0 0 0 0 0) (local.get $n)))
+      ;; The low eight codes as bfloat16 magnitudes (exact: every e4m3 value is a bfloat16), signed.
+      (local.set $m (v128.bitselect
+        (i8x16.shuffle 0 16 1 17 2 18 3 19 4 20 5 21 6 22 7 23 (local.get $lo) (local.get $hi))
+        (i16x8.add (i16x8.shl (i16x8.extend_low_i8x16_u (local.get $n)) (i32.const 4)) (v128.const i16x8 0x3c00 0x3c00 0x3c00 0x3c00 0x3c00 0x3c00 0x3c00 0x3c00))
+        (i16x8.extend_low_i8x16_s (local.get $sub))))
+      (local.set $m (v128.or (local.get $m)
+        (v128.and (i16x8.shl (i16x8.extend_low_i8x16_u (local.get $v)) (i32.const 8)) (v128.const i16x8 0x8000 0x8000 0x8000 0x8000 0x8000 0x8000 0x8000 0x8000))))
+      (local.set $p (f32x4.mul (i8x16.shuffle 0 1 16 17 2 3 18 19 4 5 20 21 6 7 22 23 (local.get $zero) (local.get $m)) (local.get $s)))
+      (local.set $r0 (i32x4.shr_u
         (i32x4.add
           (i32x4.add (local.get $p) (v128.const i32x4 0x7fff 0x7fff 0x7fff 0x7fff))
           (v128.and (i32x4.shr_u (local.get $p) (i32.const 16)) (v128.const i32x4 1 1 1 1)))
-        (i32.const 16))
-      (local.get $nan))
-  )
-
-  (func (export "dequant_e4m3_bf16") (param $src i32) (param $dst i32) (param $count i32) (param $scale f32)
-    (local $end i32) (local $s v128) (local $w v128)
-    (local.set $s (f32x4.splat (local.get $scale)))
-    (local.set $end (i32.add (local.get $src) (local.get $count)))
+        (i32.const 16)))
+      (local.set $p (f32x4.mul (i8x16.shuffle 8 9 24 25 10 11 26 27 12 13 28 29 14 15 30 31 (local.get $zero) (local.get $m)) (local.get $s)))
+      (local.set $r1 (i32x4.shr_u
+        (i32x4.add
+          (i32x4.add (local.get $p) (v128.const i32x4 0x7fff 0x7fff 0x7fff 0x7fff))
+          (v128.and (i32x4.shr_u (local.get $p) (i32.const 16)) (v128.const i32x4 1 1 1 1)))
+        (i32.const 16)))
+      (v128.store (local.get $dst)
+        (v128.bitselect
+          (v128.const i16x8 0x7fc0 0x7fc0 0x7fc0 0x7fc0 0x7fc0 0x7fc0 0x7fc0 0x7fc0)
+          (i16x8.narrow_i32x4_u (local.get $r0) (local.get $r1))
+          (i16x8.extend_low_i8x16_s (local.get $nan))))
+      ;; The high eight codes as bfloat16 magnitudes (exact: every e4m3 value is a bfloat16), signed.
+      (local.set $m (v128.bitselect
+        (i8x16.shuffle 8 24 9 25 10 26 11 27 12 28 13 29 14 30 15 31 (local.get $lo) (local.get $hi))
+        (i16x8.add (i16x8.shl (i16x8.extend_high_i8x16_u (local.get $n)) (i32.const 4)) (v128.const i16x8 0x3c00 0x3c00 0x3c00 0x3c00 0x3c00 0x3c00 0x3c00 0x3c00))
+        (i16x8.extend_high_i8x16_s (local.get $sub))))
+      (local.set $m (v128.or (local.get $m)
+        (v128.and (i16x8.shl (i16x8.extend_high_i8x16_u (local.get $v)) (i32.const 8)) (v128.const i16x8 0x8000 0x8000 0x8000 0x8000 0x8000 0x8000 0x8000 0x8000))))
+      (local.set $p (f32x4.mul (i8x16.shuffle 0 1 16 17 2 3 18 19 4 5 20 21 6 7 22 23 (local.get $zero) (local.get $m)) (local.get $s)))
+      (local.set $r0 (i32x4.shr_u
+        (i32x4.add
+          (i32x4.add (local.get $p) (v128.const i32x4 0x7fff 0x7fff 0x7fff 0x7fff))
+          (v128.and (i32x4.shr_u (local.get $p) (i32.const 16)) (v128.const i32x4 1 1 1 1)))
+        (i32.const 16)))
+      (local.set $p (f32x4.mul (i8x16.shuffle 8 9 24 25 10 11 26 27 12 13 28 29 14 15 30 31 (local.get $zero) (local.get $m)) (local.get $s)))
+      (local.set $r1 (i32x4.shr_u
+        (i32x4.add
+          (i32x4.add (local.get $p) (v128.const i32x4 0x7fff 0x7fff 0x7fff 0x7fff))
+          (v128.and (i32x4.shr_u (local.get $p) (i32.const 16)) (v128.const i32x4 1 1 1 1)))
+        (i32.const 16)))
+      (v128.store offset=16 (local.get $dst)
+        (v128.bitselect
+          (v128.const i16x8 0x7fc0 0x7fc0 0x7fc0 0x7fc0 0x7fc0 0x7fc0 0x7fc0 0x7fc0)
+          (i16x8.narrow_i32x4_u (local.get $r0) (local.get $r1))
+          (i16x8.extend_high_i8x16_s (local.get $nan))))
+      (local.set $src (i32.add (local.get $src) (i32.const 16)))
+      (local.set $dst (i32.add (local.get $dst) (i32.const 32)))
+      (br $each16)))
     (block $done (loop $each
       (br_if $done (i32.ge_u (local.get $src) (local.get $end)))
-      ;; Eight codes widened to 16-bit lanes, then four at a time to 32-bit lanes.
-      (local.set $w (i16x8.extend_low_i8x16_u (v128.load64_zero (local.get $src))))
+      (local.set $v (v128.load64_zero (local.get $src)))
+      (local.set $n (v128.and (local.get $v) (v128.const i8x16 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f)))
+      (local.set $nan (i8x16.eq (local.get $n) (v128.const i8x16 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f 0x7f)))
+      (local.set $sub (i8x16.lt_u (local.get $n) (v128.const i8x16 8 8 8 8 8 8 8 8 8 8 8 8 8 8 8 8)))
+      ;; Subnormal codes (0–7) from a table: m × 2^-9 as bfloat16, low and high bytes; 0 for the rest.
+      (local.set $lo (i8x16.swizzle (v128.const i8x16 0x00 0x00 0x80 0xc0 0x00 0x20 0x40 0x60 0 0 0 0 0 0 0 0) (local.get $n)))
+      (local.set $hi (i8x16.swizzle (v128.const i8x16 0x00 0x3b 0x3b 0x3b 0x3c 0x3c 0x3c 0x3c 0 0 0 0 0 0 0 0) (local.get $n)))
+      ;; The low eight codes as bfloat16 magnitudes (exact: every e4m3 value is a bfloat16), signed.
+      (local.set $m (v128.bitselect
+        (i8x16.shuffle 0 16 1 17 2 18 3 19 4 20 5 21 6 22 7 23 (local.get $lo) (local.get $hi))
+        (i16x8.add (i16x8.shl (i16x8.extend_low_i8x16_u (local.get $n)) (i32.const 4)) (v128.const i16x8 0x3c00 0x3c00 0x3c00 0x3c00 0x3c00 0x3c00 0x3c00 0x3c00))
+        (i16x8.extend_low_i8x16_s (local.get $sub))))
+      (local.set $m (v128.or (local.get $m)
+        (v128.and (i16x8.shl (i16x8.extend_low_i8x16_u (local.get $v)) (i32.const 8)) (v128.const i16x8 0x8000 0x8000 0x8000 0x8000 0x8000 0x8000 0x8000 0x8000))))
+      (local.set $p (f32x4.mul (i8x16.shuffle 0 1 16 17 2 3 18 19 4 5 20 21 6 7 22 23 (local.get $zero) (local.get $m)) (local.get $s)))
+      (local.set $r0 (i32x4.shr_u
+        (i32x4.add
+          (i32x4.add (local.get $p) (v128.const i32x4 0x7fff 0x7fff 0x7fff 0x7fff))
+          (v128.and (i32x4.shr_u (local.get $p) (i32.const 16)) (v128.const i32x4 1 1 1 1)))
+        (i32.const 16)))
+      (local.set $p (f32x4.mul (i8x16.shuffle 8 9 24 25 10 11 26 27 12 13 28 29 14 15 30 31 (local.get $zero) (local.get $m)) (local.get $s)))
+      (local.set $r1 (i32x4.shr_u
+        (i32x4.add
+          (i32x4.add (local.get $p) (v128.const i32x4 0x7fff 0x7fff 0x7fff 0x7fff))
+          (v128.and (i32x4.shr_u (local.get $p) (i32.const 16)) (v128.const i32x4 1 1 1 1)))
+        (i32.const 16)))
       (v128.store (local.get $dst)
-        (i16x8.narrow_i32x4_u
-          (call $dequant_e4m3_lanes (i32x4.extend_low_i16x8_u (local.get $w)) (local.get $s))
-          (call $dequant_e4m3_lanes (i32x4.extend_high_i16x8_u (local.get $w)) (local.get $s))))
+        (v128.bitselect
+          (v128.const i16x8 0x7fc0 0x7fc0 0x7fc0 0x7fc0 0x7fc0 0x7fc0 0x7fc0 0x7fc0)
+          (i16x8.narrow_i32x4_u (local.get $r0) (local.get $r1))
+          (i16x8.extend_low_i8x16_s (local.get $nan))))
       (local.set $src (i32.add (local.get $src) (i32.const 8)))
       (local.set $dst (i32.add (local.get $dst) (i32.const 16)))
       (br $each)))
