@@ -7,7 +7,7 @@ export { NemotronOmniStateDictAdapter } from "./adapters/nemotron-omni.js";
 export { NemotronV3StateDictAdapter, type AdapterOptions, type FromHfOptions, type ToHfOptions } from "./adapters/nemotron-v3.js";
 export { parseModelConfig, parseLlmConfig, truncationEdits, type LlmConfig, type ModelConfig } from "./adapters/config.js";
 export { expertRange, type ExpertParallel, type ExpertActivation } from "./adapters/experts.js";
-export type { Plan, PlannedTensor, Piece, Diagnostic, Logger, HeaderMap } from "./adapters/plan.js";
+export type { Plan, PlannedTensor, Piece, PieceScale, Diagnostic, Logger, HeaderMap } from "./adapters/plan.js";
 export type { StateDict } from "./adapters/execute.js";
 
 export { type ByteSource, MemorySource } from "./io/byte-source.js";
@@ -30,14 +30,19 @@ export { type Tensor, type TensorInfo, makeTensor } from "./tensor/tensor.js";
 export { castInto } from "./tensor/cast.js";
 export { transposeLast2, stack, concatLast, selectRows, cast } from "./tensor/ops.js";
 
-export { convertFolder, prepareConversion, writeConversion, type FolderConversion, type PreparedConversion, type WriteOptions } from "./convert/convert.js";
-export { planConversion, planInput, type ConvertOptions, type ConversionPlan } from "./convert/planner.js";
+export { convertFolder, prepareConversion, writeConversion, type BaseOptions, type FolderConversion, type PreparedConversion, type WriteOptions } from "./convert/convert.js";
+export { planConversion, planInput, loadPlanInput, type ConvertOptions, type ConversionPlan, type Dequantization } from "./convert/planner.js";
 export { describeCheckpoint, type InspectReport } from "./convert/inspect.js";
 export { verifyRoundTrip, type VerifyReport, type VerifyOptions } from "./convert/verify.js";
 export { compareCheckpoints, type DiffReport, type CompareOptions, type Hasher } from "./convert/diff.js";
 export { detectLayout, type Layout } from "./convert/layout.js";
 export { streamTensors, type TensorSource, type TensorSink } from "./convert/stream.js";
 export { planSynth, writeSynth, type SynthOptions, type SynthPlan, type SynthSummary } from "./synth/layout.js";
+export { quantizeSynthPlan, writeQuantSynth, type QuantSynthPlan } from "./synth/quantize.js";
+export { SYNTH_QUANTS, type SynthQuant } from "./synth/quant-kinds.js";
+export { detectQuantization, summarizeQuantization, SCHEME_NAMES, type Quantization, type QuantScheme, type QuantSummary } from "./quant/detect.js";
+export { dequantizeToBf16 } from "./quant/dequantize.js";
+export { RELEASE_BUFFERS, type BaseAudit } from "./convert/base.js";
 
 export {
   OmniCkptError,

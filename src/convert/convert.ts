@@ -7,6 +7,7 @@ import { CONFIG_FILE } from "../safetensors/shard-plan.js";
 import { DEFAULT_MAX_SHARD_SIZE } from "../safetensors/shard-size.js";
 import { ShardedWriter } from "../safetensors/sharded-writer.js";
 import { type AuxFiles, SKIP_CONFIG, copyAuxFiles, listAuxFiles } from "./aux-files.js";
+import { type BaseAudit, type BaseExport, exportBytes, planAgainstRelease } from "./base.js";
 import { checkpointSource } from "./checkpoint-source.js";
 import { type FaultInjection, withInjectedFaults } from "./faults.js";
 import type { Layout } from "./layout.js";
@@ -40,6 +41,23 @@ export interface PreparedConversion {
   readonly config: ConfigFile;
   readonly plan: ConversionPlan;
   readonly aux: AuxFiles;
+  /** With `base`: the release exported against, and the output matched to it. */
+  readonly base?: { readonly release: Checkpoint; readonly export: BaseExport };
+}
+
+/** An HF export checked against the release it came from (`convert --to hf --base RELEASE`). */
+export interface BaseOptions {
+  /** The original HF checkpoint: its static buffers, dtypes and shards (see `src/convert/base.ts`). */
+  readonly base?: Checkpoint;
+  /** How to name it in messages and the audit (default: its folder's name). */
+  readonly baseName?: string;
+}
+
+/** `--base` decides the shards; a shard size besides it is a contradiction. */
+export function checkBaseOptions(options: { maxShardSize?: number; to?: string }, base: boolean): void {
+  if (!base) return;
+  if (options.to !== "hf") throw new UsageError("--base applies only to --to hf");
+  if (options.maxShardSize !== undefined) throw new UsageError("--max-shard-size cannot be used with --base: the output's shards are the release's");
 }
 
 /** Refuse a shard size that is not a positive whole number of bytes, before anything else is done. */
@@ -53,15 +71,22 @@ export function checkShardSize(maxShardSize: number | undefined): void {
  * Plan a whole conversion from an open checkpoint: headers and config only, and every other file of the
  * folder checked (so a bad one fails before the first byte is written).
  */
-export async function prepareConversion(checkpoint: Checkpoint, options: ConvertOptions, signal?: AbortSignal): Promise<PreparedConversion> {
+export async function prepareConversion(checkpoint: Checkpoint, options: ConvertOptions & BaseOptions, signal?: AbortSignal): Promise<PreparedConversion> {
   if (checkpoint.folder === undefined) {
     throw new InputError(`${checkpoint.where}: convert needs a checkpoint folder (with config.json), not a single file`);
   }
+  checkBaseOptions({ to: options.to }, options.base !== undefined);
   const config = await checkpoint.readConfig(signal);
-  const plan = planConversion(await loadPlanInput(checkpoint, signal), config, options);
+  let plan = planConversion(await loadPlanInput(checkpoint, signal), config, options);
+  let base: PreparedConversion["base"];
+  if (options.base) {
+    const matched = await planAgainstRelease(plan.tensors, checkpoint.tensors, checkpoint.where, options.base, options.baseName ?? options.base.where, signal);
+    plan = { ...plan, tensors: matched.tensors, outputBytes: exportBytes(matched) };
+    base = { release: options.base, export: matched };
+  }
   const skip = new Set([...(plan.outputConfig ? SKIP_CONFIG : []), ...plan.droppedFiles]);
   const aux = await listAuxFiles(checkpoint.folder, checkpoint.weightFiles, skip.size > 0 ? { skip } : {});
-  return { checkpoint, config, plan, aux };
+  return { checkpoint, config, plan, aux, ...(base ? { base } : {}) };
 }
 
 /**
@@ -69,13 +94,17 @@ export async function prepareConversion(checkpoint: Checkpoint, options: Convert
  * (edited in place when the plan changes it) and every other file of the source, unchanged.
  */
 export async function writeConversion(prepared: PreparedConversion, out: OutputStore, options: WriteOptions = {}): Promise<WrittenCheckpoint> {
-  const { checkpoint, plan, aux } = prepared;
+  const { checkpoint, plan, aux, base } = prepared;
+  checkBaseOptions({ to: plan.target, ...(options.maxShardSize !== undefined ? { maxShardSize: options.maxShardSize } : {}) }, base !== undefined);
   options.onPlan?.(plan);
-  const writer = await ShardedWriter.create(out, plan.tensors, options.maxShardSize ?? DEFAULT_MAX_SHARD_SIZE);
+  const writer = base
+    ? await ShardedWriter.fromPlans(out, base.export.shards)
+    : await ShardedWriter.create(out, plan.tensors, options.maxShardSize ?? DEFAULT_MAX_SHARD_SIZE);
+  const source = base ? base.export.source(checkpointSource(checkpoint.tensors), checkpointSource(base.release.tensors)) : checkpointSource(checkpoint.tensors);
   try {
     let bytesDone = 0;
     let tensorsDone = 0;
-    await streamTensors(plan.tensors, checkpointSource(checkpoint.tensors), withInjectedFaults(writer, options.faults), {
+    await streamTensors(plan.tensors, source, withInjectedFaults(writer, options.faults), {
       ...(options.signal ? { signal: options.signal } : {}),
       onProgress: (bytes, completed) => {
         bytesDone += bytes;
@@ -113,6 +142,8 @@ export interface FolderConversion {
   readonly configChanged: boolean;
   /** Set when quantized weights were read as bf16 (`dequantize`). */
   readonly dequantized?: Dequantization;
+  /** Set for an export against its release (`base`): what the audit found. */
+  readonly base?: BaseAudit;
   readonly warnings: readonly Diagnostic[];
 }
 
@@ -133,6 +164,7 @@ export function conversionSummary(prepared: PreparedConversion, written: Written
     auxListed: aux.listable,
     configChanged: plan.outputConfig !== undefined,
     ...(plan.dequantized ? { dequantized: plan.dequantized } : {}),
+    ...(prepared.base ? { base: prepared.base.export.audit } : {}),
     warnings: plan.warnings,
   };
 }
@@ -145,14 +177,20 @@ export function conversionSummary(prepared: PreparedConversion, written: Written
 export async function convertFolder(
   source: Folder,
   out: OutputStore,
-  options: ConvertOptions & WriteOptions,
+  options: ConvertOptions & WriteOptions & { readonly base?: Folder },
 ): Promise<FolderConversion> {
   checkShardSize(options.maxShardSize);
-  const checkpoint = await Checkpoint.open(source, options.signal ? { signal: options.signal } : {});
+  checkBaseOptions(options, options.base !== undefined);
+  const open = options.signal ? { signal: options.signal } : {};
+  const checkpoint = await Checkpoint.open(source, open);
+  let release: Checkpoint | undefined;
   try {
-    const prepared = await prepareConversion(checkpoint, options, options.signal);
+    if (options.base) release = await Checkpoint.open(options.base, open);
+    const { base: _folder, ...rest } = options;
+    const prepared = await prepareConversion(checkpoint, { ...rest, ...(release ? { base: release } : {}) }, options.signal);
     return conversionSummary(prepared, await writeConversion(prepared, out, options));
   } finally {
+    release?.close();
     checkpoint.close();
   }
 }

@@ -1,5 +1,6 @@
-import { type FolderConversion, type WriteOptions, checkShardSize, conversionSummary, prepareConversion, writeConversion } from "../convert/convert.js";
+import { type FolderConversion, type WriteOptions, checkBaseOptions, checkShardSize, conversionSummary, prepareConversion, writeConversion } from "../convert/convert.js";
 import type { ConvertOptions } from "../convert/planner.js";
+import type { Checkpoint } from "../safetensors/checkpoint.js";
 import { BufferPool } from "../convert/buffer-pool.js";
 import { InputError } from "../errors.js";
 import { LocalOutput } from "./local-output.js";
@@ -12,6 +13,11 @@ export interface ConvertRequest extends ConvertOptions, WriteOptions, SourceOpti
   readonly src: string;
   readonly dst: string;
   readonly force?: boolean;
+  /**
+   * The release SRC was trained from (folder, cache snapshot or repo id), for `--to hf`: the output takes
+   * its static buffers, dtypes and shards and is audited against it (see `src/convert/base.ts`).
+   */
+  readonly base?: string;
   /** Leftovers of interrupted runs removed or restored, as they are found. */
   readonly onNote?: (note: string) => void;
 }
@@ -34,12 +40,16 @@ export async function convertCheckpoint(req: ConvertRequest): Promise<ConvertSum
   const started = performance.now();
   // Before the destination is touched, like every other refusal of the request itself.
   checkShardSize(req.maxShardSize);
+  checkBaseOptions(req, req.base !== undefined);
   // Its ~30 ms start-up overlaps the planning below instead of delaying the first write.
   startWriteThread(new BufferPool().memory);
   const { checkpoint, source } = await openSource(req.src, req);
+  let release: Checkpoint | undefined;
   try {
     if (source.folder === undefined) throw new InputError(`${req.src}: convert needs a checkpoint folder (with config.json), not a single file`);
-    const prepared = await prepareConversion(checkpoint, req, req.signal);
+    if (req.base !== undefined) release = (await openSource(req.base, req)).checkpoint;
+    const { base: baseName, ...options } = req;
+    const prepared = await prepareConversion(checkpoint, { ...options, ...(release ? { base: release, baseName: baseName! } : {}) }, req.signal);
     const out = OutputFolder.prepare(req.dst, {
       ...(source.localDir !== undefined ? { source: source.localDir } : {}),
       ...(req.force ? { force: true } : {}),
@@ -53,6 +63,7 @@ export async function convertCheckpoint(req: ConvertRequest): Promise<ConvertSum
       throw out.fail(e);
     }
   } finally {
+    release?.close();
     checkpoint.close();
   }
 }

@@ -1,5 +1,6 @@
 import type { Command } from "commander";
 import type { ExpertActivation } from "../../adapters/experts.js";
+import type { BaseAudit } from "../../convert/base.js";
 import type { ConvertSummary } from "../../node/convert.js";
 import { parseFaults } from "../../convert/faults.js";
 import { type Layout, layoutShortName } from "../../convert/layout.js";
@@ -25,6 +26,7 @@ interface ConvertFlags {
   followSymlinks?: boolean;
   expertActivation?: string;
   dequantize?: boolean;
+  base?: string;
 }
 
 function describe(s: ConvertSummary): string {
@@ -34,6 +36,14 @@ function describe(s: ConvertSummary): string {
     `converted ${layoutShortName(s.from)} → ${layoutShortName(s.to)}: ${formatCount(s.tensorsIn)} → ${formatCount(s.tensorsOut)} tensors, ` +
     `${formatBytes(s.bytesOut)} in ${files}${aux}, ${formatSeconds(s.seconds)} (${formatRate(s.bytesIn, s.seconds)}) → ${s.dst}`
   );
+}
+
+const DTYPE_WORDS: Readonly<Partial<Record<string, string>>> = { F32: "float32", BF16: "bfloat16", F16: "float16", F64: "float64" };
+
+/** `7,349 of 7,349 release tensors present, 4 taken from the release, 92 written as float32` */
+function auditLine(a: BaseAudit): string {
+  const retyped = Object.entries(a.retyped).map(([d, n]) => `${formatCount(n!)} written as ${DTYPE_WORDS[d] ?? d}`);
+  return [`${formatCount(a.present)} of ${formatCount(a.releaseTensors)} release tensors present`, `${formatCount(a.taken.length)} taken from the release`, ...retyped].join(", ");
 }
 
 function dequantizedNote(s: ConvertSummary): string {
@@ -61,12 +71,15 @@ export function registerConvert(program: Command): void {
     .option("--expert-activation <act>", "expert activation: relu2 (this model) or a gated one (swiglu, geglu, …)")
     .option("--dequantize", "read a quantized (FP8) HF checkpoint's weights as bf16 and leave its scales and quantization config out")
     .option("--max-shard-size <size>", "largest shard, e.g. 5GB, 500MB, 100KB", DEFAULT_MAX_SHARD_SIZE_FLAG)
+    .option("--base <release>", "to hf: the release SRC was trained from (folder, cache snapshot or repo id): its static buffers, dtypes and shards, audited")
     .option("--force", "replace DST if it exists")
     .option("--follow-symlinks", "allow shards and files that are symlinks leading outside SRC")
     .option("-q, --quiet", "print nothing but errors")
     .option("--json", "print a machine-readable summary")
-    .action(async (src: string, dst: string, flags: ConvertFlags) => {
+    .action(async (src: string, dst: string, flags: ConvertFlags, command: Command) => {
       if (flags.to !== "native" && flags.to !== "hf") throw new UsageError(`--to must be native or hf, got ${JSON.stringify(flags.to)}`);
+      // The shard size has a default; only one the user gave contradicts --base.
+      const shardSizeGiven = command.getOptionValueSource("maxShardSize") === "cli";
       if ((flags.epRank === undefined) !== (flags.epSize === undefined)) throw new UsageError("--ep-rank and --ep-size go together");
       const ep = flags.epRank !== undefined ? { rank: intFlag(flags.epRank, "--ep-rank"), size: intFlag(flags.epSize!, "--ep-size") } : undefined;
       const quiet = flags.quiet === true || flags.json === true;
@@ -86,7 +99,8 @@ export function registerConvert(program: Command): void {
         ...(flags.v4Compatible ? { v4Compatible: true } : {}),
         ...(flags.expertActivation !== undefined ? { expertActivation: flags.expertActivation as ExpertActivation } : {}),
         ...(flags.dequantize ? { dequantize: true } : {}),
-        maxShardSize: parseSize(flags.maxShardSize),
+        ...(flags.base === undefined || shardSizeGiven ? { maxShardSize: parseSize(flags.maxShardSize) } : {}),
+        ...(flags.base !== undefined ? { base: flags.base } : {}),
         ...(flags.force ? { force: true } : {}),
         ...sourceOptions(flags),
         ...(faults ? { faults } : {}),
@@ -107,6 +121,7 @@ export function registerConvert(program: Command): void {
       if (summary.skippedFiles.length > 0) warn(`not copied (weights of another checkpoint): ${summary.skippedFiles.join(", ")}`);
       if (!summary.auxListed) warn(`${src} cannot be listed, so only its config.json and weights were read; no other file (tokenizer, processor, code) was copied`);
       if (summary.dequantized) warn(dequantizedNote(summary));
+      if (summary.base) say(auditLine(summary.base));
       if (summary.configChanged && flags.numLayers !== undefined) {
         warn("config.json: num_hidden_layers and the layer pattern were cut to --num-layers (every other field kept as written)");
       }
