@@ -3,8 +3,11 @@ import type { Checkpoint, StoredTensor } from "../safetensors/checkpoint.js";
 import { equalBytes } from "../safetensors/encode.js";
 import { toFloat64 } from "../tensor/cast.js";
 import { type DType, isFloat, itemSize } from "../tensor/dtype.js";
-import { formatShape, numel, sameShape } from "../tensor/tensor.js";
-import { detectLayout, layoutName } from "./layout.js";
+import { type TensorInfo, byteLength, formatShape, numel, sameShape } from "../tensor/tensor.js";
+import { checkpointSource } from "./checkpoint-source.js";
+import { type Layout, detectLayout, layoutName, layoutShortName } from "./layout.js";
+import { loadPlanInput, planConversion } from "./planner.js";
+import { type TensorSink, streamTensors } from "./stream.js";
 
 export type DifferenceKind = "only-a" | "only-b" | "dtype" | "shape" | "content";
 
@@ -28,6 +31,8 @@ export interface DiffReport {
   /** sha256 of each compared tensor's bytes, in A and in B; empty unless asked for. */
   readonly hashes: ReadonlyMap<string, { readonly a: string; readonly b: string }>;
   readonly identical: boolean;
+  /** Set when the checkpoints are in different layouts: B was converted into A's, in memory, to be compared. */
+  readonly converted?: { readonly from: Layout; readonly to: Layout };
   readonly seconds: number;
 }
 
@@ -157,27 +162,22 @@ async function* pairedChunks(pairs: readonly Pair[], signal?: AbortSignal): Asyn
   }
 }
 
-/** Compare two checkpoints of the same layout tensor by tensor, streaming their bytes. */
-export async function compareCheckpoints(a: Checkpoint, b: Checkpoint, options: CompareOptions = {}): Promise<DiffReport> {
-  const started = performance.now();
-  const pathA = a.where;
-  const pathB = b.where;
-  const la = detectLayout(a.tensors.keys()).layout;
-  const lb = detectLayout(b.tensors.keys()).layout;
-  if (la && lb && la !== lb) {
-    throw new InputError(`${pathA} is in the ${layoutName(la)} layout but ${pathB} is ${layoutName(lb)}; convert one of them first`);
-  }
+/**
+ * Names, dtypes and shapes of A's tensors against B's: the differences, and the pairs whose bytes are to
+ * be compared, in name order.
+ */
+function classify<T extends TensorInfo>(
+  a: ReadonlyMap<string, StoredTensor>,
+  b: ReadonlyMap<string, T>,
+  pathA: string,
+  pathB: string,
+): { differences: TensorDifference[]; pairs: { name: string; a: StoredTensor; b: T }[] } {
   const differences: TensorDifference[] = [];
-  const hashes = new Map<string, { a: string; b: string }>();
-  let same = 0;
-  let bytesDone = 0;
-  let bytesTotal = 0;
-  for (const t of a.tensors.values()) if (b.tensors.has(t.name)) bytesTotal += t.entry.end - t.entry.begin;
-  const names = [...new Set([...a.tensors.keys(), ...b.tensors.keys()])].sort();
-  const pairs: Pair[] = [];
+  const pairs: { name: string; a: StoredTensor; b: T }[] = [];
+  const names = [...new Set([...a.keys(), ...b.keys()])].sort();
   for (const name of names) {
-    const ta = a.tensors.get(name);
-    const tb = b.tensors.get(name);
+    const ta = a.get(name);
+    const tb = b.get(name);
     if (!tb) differences.push({ name, kind: "only-a", detail: `only in ${pathA} (${ta!.dtype}${formatShape(ta!.shape)})` });
     else if (!ta) differences.push({ name, kind: "only-b", detail: `only in ${pathB} (${tb.dtype}${formatShape(tb.shape)})` });
     else if (ta.dtype !== tb.dtype) differences.push({ name, kind: "dtype", detail: `dtype ${ta.dtype} vs ${tb.dtype}` });
@@ -185,38 +185,80 @@ export async function compareCheckpoints(a: Checkpoint, b: Checkpoint, options: 
       differences.push({ name, kind: "shape", detail: `shape ${formatShape(ta.shape)} vs ${formatShape(tb.shape)}` });
     } else pairs.push({ name, a: ta, b: tb });
   }
-  const hasher = (): Hasher | undefined => options.hasher?.();
-  let ha = hasher();
-  let hb = hasher();
-  let delta = { max: 0, count: 0 };
-  let equal = true;
+  return { differences, pairs };
+}
+
+/** How one tensor's bytes compared: equal so far, and the statistics of the elements that are not. */
+class TensorComparison {
+  private delta = { max: 0, count: 0 };
+  private equal = true;
+  private readonly ha: Hasher | undefined;
+  private readonly hb: Hasher | undefined;
+
+  constructor(
+    readonly name: string,
+    private readonly info: TensorInfo,
+    hasher: (() => Hasher) | undefined,
+  ) {
+    this.ha = hasher?.();
+    this.hb = hasher?.();
+  }
+
+  add(a: Uint8Array, b: Uint8Array): void {
+    this.ha?.update(a);
+    this.hb?.update(b);
+    if (equalBytes(a, b)) return;
+    this.equal = false;
+    const d = chunkDelta(a, b, this.info.dtype);
+    this.delta = { max: Math.max(this.delta.max, d.max), count: this.delta.count + d.count };
+  }
+
+  /** The tensor's difference (undefined when equal), and its hashes when asked for. */
+  finish(): { difference?: TensorDifference; hashes?: { a: string; b: string } } {
+    const hashes = this.ha && this.hb ? { a: this.ha.digest(), b: this.hb.digest() } : undefined;
+    const difference: TensorDifference | undefined = this.equal
+      ? undefined
+      : {
+          name: this.name,
+          kind: "content",
+          detail: `${this.delta.count} of ${numel(this.info.shape)} elements differ, max |a - b| = ${this.delta.max}`,
+          maxAbsDiff: this.delta.max,
+          differingElements: this.delta.count,
+        };
+    return { ...(difference ? { difference } : {}), ...(hashes ? { hashes } : {}) };
+  }
+}
+
+/**
+ * Compare two checkpoints tensor by tensor, streaming their bytes. When they are in different layouts, B
+ * is converted into A's layout tensor by tensor in memory (nothing is written) by the same plan `convert`
+ * follows, and its tensors compared with A's.
+ */
+export async function compareCheckpoints(a: Checkpoint, b: Checkpoint, options: CompareOptions = {}): Promise<DiffReport> {
+  const started = performance.now();
+  const pathA = a.where;
+  const pathB = b.where;
+  const la = detectLayout(a.tensors.keys()).layout;
+  const lb = detectLayout(b.tensors.keys()).layout;
+  if (la && lb && la !== lb) return compareAcrossLayouts(a, b, la, lb, options, started);
+  const hashes = new Map<string, { a: string; b: string }>();
+  let same = 0;
+  let bytesDone = 0;
+  let bytesTotal = 0;
+  for (const t of a.tensors.values()) if (b.tensors.has(t.name)) bytesTotal += t.entry.end - t.entry.begin;
+  const { differences, pairs } = classify(a.tensors, b.tensors, pathA, pathB);
+  let current: TensorComparison | undefined;
   for await (const c of pairedChunks(pairs, options.signal)) {
-    ha?.update(c.a);
-    hb?.update(c.b);
-    if (!equalBytes(c.a, c.b)) {
-      equal = false;
-      const d = chunkDelta(c.a, c.b, c.pair.a.dtype);
-      delta = { max: Math.max(delta.max, d.max), count: delta.count + d.count };
-    }
+    current ??= new TensorComparison(c.pair.name, c.pair.a, options.hasher);
+    current.add(c.a, c.b);
     bytesDone += c.a.byteLength;
     throwIfAborted(options.signal);
     if (!c.last) continue;
-    const { name, a: ta } = c.pair;
-    if (ha && hb) hashes.set(name, { a: ha.digest(), b: hb.digest() });
-    if (equal) same++;
-    else {
-      differences.push({
-        name,
-        kind: "content",
-        detail: `${delta.count} of ${numel(ta.shape)} elements differ, max |a - b| = ${delta.max}`,
-        maxAbsDiff: delta.max,
-        differingElements: delta.count,
-      });
-    }
-    ha = hasher();
-    hb = hasher();
-    delta = { max: 0, count: 0 };
-    equal = true;
+    const r = current.finish();
+    current = undefined;
+    if (r.hashes) hashes.set(c.pair.name, r.hashes);
+    if (r.difference) differences.push(r.difference);
+    else same++;
     options.onProgress?.(bytesDone, bytesTotal);
   }
   differences.sort((x, y) => (x.name < y.name ? -1 : x.name > y.name ? 1 : 0));
@@ -229,6 +271,69 @@ export async function compareCheckpoints(a: Checkpoint, b: Checkpoint, options: 
     differences,
     hashes,
     identical: differences.length === 0,
+    seconds: (performance.now() - started) / 1000,
+  };
+}
+
+/** B converted into A's layout chunk by chunk, each chunk compared with A's bytes as it is built. */
+async function compareAcrossLayouts(a: Checkpoint, b: Checkpoint, la: Layout, lb: Layout, options: CompareOptions, started: number): Promise<DiffReport> {
+  if (b.folder === undefined) {
+    throw new InputError(`${b.where} is in the ${layoutName(lb)} layout but ${a.where} is ${layoutName(la)}; converting it to compare needs its folder (with config.json), not a single file`);
+  }
+  const config = await b.readConfig(options.signal);
+  const plan = planConversion(await loadPlanInput(b, options.signal), config, { to: la });
+  const converted = new Map(plan.tensors.map((t) => [t.name, t]));
+  const { differences, pairs } = classify(a.tensors, converted, a.where, `${b.where} (converted to ${layoutShortName(la)})`);
+  const hashes = new Map<string, { a: string; b: string }>();
+  const bytesTotal = pairs.reduce((n, p) => n + byteLength(p.b), 0);
+  let bytesDone = 0;
+  let same = 0;
+  const open = new Map<string, { cmp: TensorComparison; seen: number; size: number }>();
+  for (const p of pairs) open.set(p.name, { cmp: new TensorComparison(p.name, p.a, options.hasher), seen: 0, size: byteLength(p.b) });
+  const finish = (name: string): void => {
+    const entry = open.get(name)!;
+    open.delete(name);
+    const r = entry.cmp.finish();
+    if (r.hashes) hashes.set(name, r.hashes);
+    if (r.difference) differences.push(r.difference);
+    else same++;
+  };
+  // Zero-size tensors have no chunk to compare.
+  for (const [name, e] of open) if (e.size === 0) finish(name);
+  const mine = a.tensors;
+  let theirs = new Uint8Array(0);
+  let queue: Promise<void> = Promise.resolve();
+  // Chunks are compared one after another, in the order they are built, so the hashes see the bytes in order.
+  const sink: TensorSink = {
+    write: (name, offset, bytes) => {
+      queue = queue.then(async () => {
+        const t = mine.get(name)!;
+        if (theirs.byteLength < bytes.byteLength) theirs = new Uint8Array(bytes.byteLength);
+        const ours = theirs.subarray(0, bytes.byteLength);
+        await t.file.readRange(t.entry, offset, ours, options.signal);
+        const e = open.get(name)!;
+        e.cmp.add(ours, bytes);
+        e.seen += bytes.byteLength;
+        bytesDone += bytes.byteLength;
+        if (e.seen === e.size) finish(name);
+        options.onProgress?.(bytesDone, bytesTotal);
+      });
+      return queue;
+    },
+  };
+  const toBuild = plan.tensors.filter((t) => open.has(t.name) && byteLength(t) > 0);
+  await streamTensors(toBuild, checkpointSource(b.tensors), sink, options.signal ? { signal: options.signal } : {});
+  differences.sort((x, y) => (x.name < y.name ? -1 : x.name > y.name ? 1 : 0));
+  return {
+    a: a.where,
+    b: b.where,
+    tensorsA: a.tensors.size,
+    tensorsB: b.tensors.size,
+    same,
+    differences,
+    hashes,
+    identical: differences.length === 0,
+    converted: { from: lb, to: la },
     seconds: (performance.now() - started) / 1000,
   };
 }

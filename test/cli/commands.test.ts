@@ -133,8 +133,10 @@ describe("convert: what users see", () => {
     expect(j.hashes[name]!.a).not.toBe(j.hashes[name]!.b);
   });
 
-  it("diff refuses checkpoints of different layouts", () => {
-    expectCleanError(runCli(["diff", hf, native]), 2, /is in the Hugging Face \(HF\) layout but .* is native/);
+  it("diff compares checkpoints of different layouts, B converted into A's layout in memory", () => {
+    const r = runCli(["diff", hf, native]);
+    expect(r.stdout).toMatch(/^identical: [\d,]+ tensors, same names, dtypes, shapes and bytes \(B converted native → HF in memory, [\d.]+ s\)\n$/);
+    expect(r.code).toBe(0);
   });
 });
 

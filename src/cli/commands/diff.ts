@@ -1,4 +1,5 @@
 import type { Command } from "commander";
+import { layoutShortName } from "../../convert/layout.js";
 import { EXIT_DIFFERENT } from "../../errors.js";
 import { formatCount, formatSeconds } from "../format.js";
 import { printJson, say } from "../output.js";
@@ -8,7 +9,7 @@ import { SOURCE_HELP, sourceOptions } from "../sources.js";
 export function registerDiff(program: Command): void {
   program
     .command("diff")
-    .description("compare two checkpoints of the same layout tensor by tensor (exit 0 only if identical)")
+    .description("compare two checkpoints tensor by tensor, B converted into A's layout in memory if they differ (exit 0 only if identical)")
     .argument("<a>", `${SOURCE_HELP}, or a .safetensors file`)
     .argument("<b>", `${SOURCE_HELP}, or a .safetensors file`)
     .option("--json", "print the report, with per-tensor sha256, as JSON")
@@ -34,10 +35,11 @@ export function registerDiff(program: Command): void {
       if (flags.quiet) return;
       for (const d of report.differences.slice(0, 50)) say(`${d.name}: ${d.detail}`);
       if (report.differences.length > 50) say(`… and ${report.differences.length - 50} more differences`);
+      const how = report.converted ? `B converted ${layoutShortName(report.converted.from)} → ${layoutShortName(report.converted.to)} in memory, ` : "";
       say(
         report.identical
-          ? `identical: ${formatCount(report.same)} tensors, same names, dtypes, shapes and bytes (${formatSeconds(report.seconds)})`
-          : `different: ${formatCount(report.differences.length)} difference${report.differences.length === 1 ? "" : "s"}, ${formatCount(report.same)} tensors identical (${formatSeconds(report.seconds)})`,
+          ? `identical: ${formatCount(report.same)} tensors, same names, dtypes, shapes and bytes (${how}${formatSeconds(report.seconds)})`
+          : `different: ${formatCount(report.differences.length)} difference${report.differences.length === 1 ? "" : "s"}, ${formatCount(report.same)} tensors identical (${how}${formatSeconds(report.seconds)})`,
       );
     });
 }
