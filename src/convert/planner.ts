@@ -204,7 +204,7 @@ export function planConversion(input: PlanInput, configFile: ConfigFile, options
     warnings: plan.diagnostics.filter((d) => !FATAL.has(d.code) && d.code !== "layer-dropped"),
     outputConfig: editedConfig(configFile, edits),
     droppedFiles: quant && input.hfQuantConfig !== undefined ? [HF_QUANT_CONFIG] : [],
-    ...(quant ? { dequantized: dequantization(quant) } : {}),
+    ...(quant ? { dequantized: dequantization(quant, tensors) } : {}),
     inputBytes: [...input.headers.values()].reduce((n, t) => n + byteLength(t), 0),
     outputBytes: tensors.reduce((n, t) => n + byteLength(t), 0),
   };
@@ -216,8 +216,14 @@ function samePlan(headers: ReadonlyMap<string, TensorInfo>, exclude: string | un
   return { tensors: [...headers].filter(([name]) => !re?.test(name)).map(([name, info]) => inputTensor(name, info)), diagnostics: [] };
 }
 
-function dequantization(q: Quantization): Dequantization {
+/** What was dequantized: the quantized weights the output is built from (not those `--num-layers` or `--ep-*` leave out). */
+function dequantization(q: Quantization, tensors: readonly PlannedTensor[]): Dequantization {
+  const read = new Set<string>();
+  for (const t of tensors) for (const p of t.pieces) if (p.scale) read.add(p.src);
   const weights: Record<string, number> = {};
-  for (const w of q.weights.values()) weights[SCHEME_NAMES[w.scheme]] = (weights[SCHEME_NAMES[w.scheme]] ?? 0) + 1;
+  for (const name of read) {
+    const scheme = SCHEME_NAMES[q.weights.get(name)!.scheme];
+    weights[scheme] = (weights[scheme] ?? 0) + 1;
+  }
   return { weights, droppedTensors: q.extras.size, configRemoved: q.declarations.flatMap((d) => (d.path ? [d.where] : [])) };
 }
