@@ -4,7 +4,7 @@ import { type Checkpoint, readIndex } from "../safetensors/checkpoint.js";
 import type { DeclaredTensor } from "../safetensors/encode.js";
 import { SINGLE_FILE, type ShardPlan, shardsFromGroups } from "../safetensors/shard-plan.js";
 import { detectQuantization } from "../quant/detect.js";
-import { quantizedError } from "../quant/plan.js";
+import { describeQuantized } from "../quant/plan.js";
 import { type DType, isFloat } from "../tensor/dtype.js";
 import { type TensorInfo, byteLength, formatShape, sameShape } from "../tensor/tensor.js";
 import { requireLayout } from "./layout.js";
@@ -67,7 +67,7 @@ function checkRelease(release: Checkpoint): void {
   const layout = requireLayout(release.tensors.keys(), release.where);
   if (layout !== "hf") throw new InputError(`${release.where}: --base needs the release in the Hugging Face (HF) layout, but it is native`);
   const quant = detectQuantization(release.tensors, {});
-  if (quant) throw new InputError(`${quantizedError(quant, release.where).message.replace(/: use convert --dequantize.*$/, "")}; --base needs the BF16 release`);
+  if (quant) throw new InputError(`${release.where}: is quantized (${describeQuantized(quant)}); --base needs the release in bf16, as the export is written in its dtypes`);
 }
 
 function plural(n: number, one: string, many = `${one}s`): string {

@@ -25,21 +25,26 @@ export function quantizedError(q: Quantization, where: string): InputError {
     );
   }
   if (q.unsupported.length > 0) {
-    const more = q.unsupported.length > 1 ? ` (and ${q.unsupported.length - 1} more problems)` : "";
+    const more = q.unsupported.length > 1 ? ` (and ${plural(q.unsupported.length - 1, "more problem")})` : "";
     return new InputError(`${where}: is quantized in a way omni-ckpt cannot dequantize: ${q.unsupported[0]}${more}`);
   }
   if (q.weights.size === 0) {
     const evidence = q.declarations[0]?.where ?? `${q.extras.keys().next().value} and other quantization tensors`;
     return new InputError(`${where}: holds no quantized weight, but ${evidence} says it is quantized; use convert --dequantize to write it without the quantization's config and tensors`);
   }
-  const parts = [...by].map(([scheme, list]) => {
+  return new InputError(
+    `${where}: is quantized (${describeQuantized(q)}); converted as is, its FP8 codes would be taken for values: use convert --dequantize to write bf16 weights`,
+  );
+}
+
+/** `ModelOpt FP8: 80 F8_E4M3 weights, first …`: the schemes, their weights' counts and dtypes, the first quantized tensor. */
+export function describeQuantized(q: Quantization): string {
+  const parts = [...weightsByScheme(q)].map(([scheme, list]) => {
     const dtypes = [...new Set(list.map((w) => w.dtype))].join("/");
     return `${SCHEME_NAMES[scheme]}: ${plural(list.length, `${dtypes} weight`)}`;
   });
-  const first = q.weights.values().next().value!;
-  return new InputError(
-    `${where}: is quantized (${parts.join(", ")}, first ${first.name}); converted as is, its FP8 codes would be taken for values: use convert --dequantize to write bf16 weights`,
-  );
+  const first = q.weights.values().next().value;
+  return first ? `${parts.join(", ")}, first ${first.name}` : `no quantized weight; ${q.declarations[0]?.where ?? "its tensors"} say so`;
 }
 
 /**

@@ -51,6 +51,13 @@ describe("diff across layouts", () => {
     }
   });
 
+  it("needs B's folder (its config.json) to convert it", async () => {
+    const file = path.join(native, "model.safetensors");
+    await expect(diffCheckpoints(hf, file)).rejects.toThrow(
+      `${file} is in the native (NeMo Automodel) layout but ${hf} is Hugging Face (HF); converting it to compare needs its folder (with config.json), not a single file`,
+    );
+  });
+
   it("finds one changed expert, named in A's layout", async () => {
     const report = await diffCheckpoints(hf, changed);
     expect(report.differences).toEqual([

@@ -119,6 +119,19 @@ describe("quantized checkpoints are refused unless dequantized", () => {
     expect(native.get("language_model.model.layers.1.mixer.experts.gate_and_up_projs")!.dtype).toBe("BF16");
   });
 
+  it("synth --quant takes only the schemes it writes", () => {
+    expectRefusal(["synth", dir("nope"), "--quant", "int4"], '--quant must be one of fp8, fp8-block, nvfp4, got "int4"');
+  });
+
+  it("--base refuses a quantized release", async () => {
+    const weights = await fp8Weights(dir("fp8"));
+    expect(runCli(["convert", "--to", "native", "-q", dir("bf16"), dir("bf16-native")]).code).toBe(0);
+    expectRefusal(
+      ["convert", "--to", "hf", "--base", dir("fp8"), dir("bf16-native"), dir("bf16-export")],
+      `${dir("fp8")}: is quantized (ModelOpt FP8: ${weights.length} F8_E4M3 weights, first ${weights[0]}); --base needs the release in bf16, as the export is written in its dtypes`,
+    );
+  });
+
   it("--dequantize of a checkpoint that is not quantized is a usage error", () => {
     expectRefusal(["convert", "--dequantize", "--to", "native", dir("bf16"), dir("bf16-out")], `--dequantize given, but ${dir("bf16")} is not quantized`);
   });

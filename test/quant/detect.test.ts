@@ -61,6 +61,13 @@ describe("detectQuantization", () => {
     for (const [h, config, why] of cases) expect(detectQuantization(h, config)!.unsupported).toEqual([why]);
   });
 
+  it("refuses what it cannot dequantize with the first reason and how many more", () => {
+    const q = detectQuantization(headers([[`${W}.weight`, "F8_E4M3", [4, 4]], [`${E}.weight`, "F8_E4M3", [4, 4]]]), {})!;
+    expect(quantizedError(q, "ckpt").message).toBe(
+      `ckpt: is quantized in a way omni-ckpt cannot dequantize: ${W}.weight is F8_E4M3 with no scale beside it (${W}.weight_scale or ${W}.weight_scale_inv) (and 1 more problem)`,
+    );
+  });
+
   it("NVFP4: packed U8 [out, in/2] with an F8_E4M3 weight_scale [out, in/16] holds [out, in] values, and is refused", () => {
     const h = headers([
       [`${E}.weight`, "U8", [12, 8]],
