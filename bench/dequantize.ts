@@ -10,7 +10,7 @@ import { RSS_HOOK, type Sample, cacheRoot, checkpoint, clear, cli, dirBytes, fmt
  */
 
 async function fp8Checkpoint(): Promise<string> {
-  const dir = path.join(cacheRoot, "bench-fp8-x1-v1");
+  const dir = path.join(cacheRoot, "bench-fp8-x1-v2");
   if (!fs.existsSync(path.join(dir, "config.json"))) {
     process.stderr.write(`making the FP8 bench checkpoint in ${dir} (once; cached)…\n`);
     fs.rmSync(dir, { recursive: true, force: true });

@@ -11,11 +11,15 @@ import { MemoryOutput } from "../../src/io/output.js";
 import { inspectCheckpoint } from "../../src/node/checks.js";
 import { convertCheckpoint } from "../../src/node/convert.js";
 import { synthesize } from "../../src/node/synth.js";
+import { parseConfigText } from "../../src/safetensors/checkpoint.js";
 import { serialize } from "../../src/safetensors/encode.js";
 import type { Tensor } from "../../src/tensor/tensor.js";
 import { runCli, tempDir } from "../helpers/cli.js";
 import { loadAll, openCheckpoint } from "../helpers/fixtures.js";
 import { dequantizedBf16 } from "../helpers/quant-oracle.js";
+
+/** config.json as Python writes it (with `Infinity`), parsed as the tool parses it. */
+const readConfig = (folder: string): Record<string, unknown> => parseConfigText(fs.readFileSync(path.join(folder, "config.json"), "utf8"), "config.json").values;
 
 const work = tempDir();
 const dir = (name: string): string => path.join(work, name);
@@ -111,7 +115,7 @@ describe("quantized checkpoints are refused unless dequantized", () => {
     await expect(convertFolder(memory, new MemoryOutput(), { to: "native" })).rejects.toThrow(message.replace(dir("fp8"), "fp8-in-memory"));
 
     // fromHf is the reference's API: it neither refuses nor dequantizes (and drops `_scale_inv`, as it does).
-    const config = JSON.parse(fs.readFileSync(path.join(dir("block"), "config.json"), "utf8")) as Record<string, unknown>;
+    const config = readConfig(dir("block"));
     const native = new NemotronOmniStateDictAdapter(config).fromHf(loadAll(dir("block")));
     expect([...native.keys()].filter((k) => k.endsWith("_scale_inv"))).toEqual([]);
     expect(native.get("language_model.model.layers.0.mixer.in_proj.weight")!.dtype).toBe("F8_E4M3");
@@ -245,7 +249,7 @@ describe("inspect of quantized checkpoints", () => {
     expect(q.dequantizable).toBe(false);
     expect(report.convert).toMatchObject({ to: "native", error: expect.stringMatching(/is quantized as NVFP4 .*which omni-ckpt does not support/) });
     const ckpt = await openCheckpoint(dir("nvfp4"));
-    const config = parseModelConfig(JSON.parse(fs.readFileSync(path.join(dir("nvfp4"), "config.json"), "utf8")));
+    const config = parseModelConfig(readConfig(dir("nvfp4")));
     expect(checkConsistency(config, "hf", ckpt.tensors).problems).toEqual([]);
     ckpt.close();
     const text = runCli(["inspect", dir("nvfp4")]).stdout;
