@@ -84,7 +84,7 @@ export async function prepareConversion(checkpoint: Checkpoint, options: Convert
     plan = { ...plan, tensors: matched.tensors, outputBytes: exportBytes(matched) };
     base = { release: options.base, export: matched };
   }
-  const skip = new Set([...(plan.outputConfig ? SKIP_CONFIG : []), ...plan.droppedFiles]);
+  const skip = new Set([...(plan.outputConfig ? SKIP_CONFIG : []), ...(plan.droppedFiles ?? [])]);
   const aux = await listAuxFiles(checkpoint.folder, checkpoint.weightFiles, skip.size > 0 ? { skip } : {});
   return { checkpoint, config, plan, aux, ...(base ? { base } : {}) };
 }
@@ -160,7 +160,7 @@ export function conversionSummary(prepared: PreparedConversion, written: Written
     files: written.files,
     auxFiles: written.auxFiles,
     skippedFiles: aux.skipped,
-    droppedFiles: plan.droppedFiles,
+    droppedFiles: plan.droppedFiles ?? [],
     auxListed: aux.listable,
     configChanged: plan.outputConfig !== undefined,
     ...(plan.dequantized ? { dequantized: plan.dequantized } : {}),

@@ -59,7 +59,7 @@ export interface ConversionPlan {
    */
   readonly outputConfig: ConfigFile | undefined;
   /** Files of the source that do not belong in the output (a dequantized copy has no hf_quant_config.json). */
-  readonly droppedFiles: readonly string[];
+  readonly droppedFiles?: readonly string[];
   /** Set when the conversion dequantizes. */
   readonly dequantized?: Dequantization;
   readonly inputBytes: number;
