@@ -2,6 +2,9 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { InputError } from "../errors.js";
+import { type RepoRef, parseRepoId } from "../io/repo-id.js";
+
+export { type RepoRef, parseRepoId };
 
 /** The environment a cache lookup reads: `process.env` from the command line, anything from a library caller. */
 export type Environment = Readonly<Record<string, string | undefined>>;
@@ -18,27 +21,6 @@ export function hubCacheDir(env: Environment): string {
   if (env["HF_HOME"]) return path.join(expand(env["HF_HOME"]), "hub");
   const xdg = env["XDG_CACHE_HOME"] || path.join(os.homedir(), ".cache");
   return path.join(expand(xdg), "huggingface", "hub");
-}
-
-export interface RepoRef {
-  /** `ORG/NAME` */
-  readonly repo: string;
-  /** A branch, tag, `refs/pr/N` or commit hash; `main` when the user gave none. */
-  readonly revision: string;
-}
-
-/** A repo id segment as the Hub allows them: letters, digits, `-`, `_`, `.`, not starting with `-` or `.`. */
-const SEGMENT = /^[A-Za-z0-9_][A-Za-z0-9_.-]*$/;
-
-/** `ORG/NAME` or `ORG/NAME@REVISION`, or undefined when the text is not a repo id. */
-export function parseRepoId(spec: string): RepoRef | undefined {
-  const at = spec.indexOf("@");
-  const repo = at < 0 ? spec : spec.slice(0, at);
-  const revision = at < 0 ? "main" : spec.slice(at + 1);
-  const parts = repo.split("/");
-  if (parts.length !== 2 || !parts.every((p) => SEGMENT.test(p) && !p.includes(".."))) return undefined;
-  if (revision.length === 0 || revision.includes("..") || revision.startsWith("/") || /\s/.test(revision)) return undefined;
-  return { repo, revision };
 }
 
 /** `models--ORG--NAME`, the cache folder of a model repo. */
