@@ -13,7 +13,9 @@ export function checkpointSource(tensors: ReadonlyMap<string, StoredTensor>): Te
     return t;
   };
   const sync = [...tensors.values()].every((t) => t.file.readsSync);
+  const readAhead = Math.max(0, ...[...new Set([...tensors.values()].map((t) => t.file))].map((f) => f.source.readAhead ?? 0));
   const source: TensorSource = {
+    ...(readAhead > 0 ? { readAhead } : {}),
     info: (name): TensorInfo => get(name),
     read: (name, offset, buf, signal) => {
       const t = get(name);

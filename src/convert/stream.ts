@@ -19,6 +19,8 @@ export interface TensorSource {
   readSync?(name: string, offset: number, buf: Uint8Array): void;
   /** The bytes in place, without a copy, when the source holds them in memory. */
   view?(name: string, offset: number, length: number): Uint8Array | undefined;
+  /** Bytes of chunks to read ahead (a network source's `readAhead`); without it, one chunk. */
+  readonly readAhead?: number;
 }
 
 /** Where finished bytes of output tensors go, `offset` bytes into the tensor. */
@@ -173,21 +175,33 @@ export async function streamTensors(
 
   const iterator = planChunks(tensors, (name) => source.info(name).dtype, sink.follows?.bind(sink));
   const pending: Promise<void>[] = [];
-  let next: Promise<Prepared> | undefined;
+  // Chunks being read, in order: one, or as many as fill a network source's read-ahead.
+  const ahead: { prepared: Promise<Prepared>; bytes: number }[] = [];
+  let aheadBytes = 0;
+  const budget = source.readSync === undefined ? (source.readAhead ?? 0) : 0;
+  let planned = false;
   const startNext = (): void => {
-    const r = iterator.next();
-    next = r.done ? undefined : prepare(r.value);
-    next?.catch(() => undefined);
+    while (!planned && (ahead.length === 0 || aheadBytes < budget)) {
+      const r = iterator.next();
+      if (r.done) {
+        planned = true;
+        return;
+      }
+      const prepared = prepare(r.value);
+      prepared.catch(() => undefined);
+      ahead.push({ prepared, bytes: r.value.byteLength });
+      aheadBytes += r.value.byteLength;
+    }
   };
   // Reads in flight overlap this chunk's transform; reads done in place would only hold back its write.
   const readAheadFirst = source.readSync === undefined;
   try {
     throwIfAborted(options.signal);
     startNext();
-    while (next) {
-      const current = next;
-      next = undefined;
-      const { chunk, buf, regions, held, scales } = await current;
+    while (ahead.length > 0) {
+      const current = ahead.shift()!;
+      aheadBytes -= current.bytes;
+      const { chunk, buf, regions, held, scales } = await current.prepared;
       if (readAheadFirst) startNext();
       let written: Promise<void>;
       try {
@@ -217,8 +231,10 @@ export async function streamTensors(
     // Never leave reads or writes running behind a failure (the caller is about to delete their files and
     // close the sources), and give back what a chunk read ahead was holding.
     await Promise.allSettled(pending);
-    const ahead = await next?.catch(() => undefined);
-    if (ahead) release([ahead.buf, ...ahead.held]);
+    for (const a of ahead.splice(0)) {
+      const read = await a.prepared.catch(() => undefined);
+      if (read) release([read.buf, ...read.held]);
+    }
     scratch.release();
   }
 }

@@ -21,6 +21,11 @@ export interface ByteSource {
   readSync?(into: Uint8Array, position: number): void;
   /** The bytes in place, without a copy, when the source holds them in memory. */
   view?(position: number, length: number): Uint8Array | undefined;
+  /**
+   * Bytes of reads worth having in flight at once, when that is more than one chunk's: a source over a
+   * network hides its latency behind them and coalesces adjacent ones. Local sources leave it out.
+   */
+  readonly readAhead?: number;
   close(): void;
 }
 
