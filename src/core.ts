@@ -13,6 +13,9 @@ export type { StateDict } from "./adapters/execute.js";
 export { type ByteSource, MemorySource } from "./io/byte-source.js";
 export { type Folder, type FolderEntry, type EntryStat, MemoryFolder, readText, checkRelative } from "./io/folder.js";
 export { type OutputStore, type WritableFile, MemoryOutput } from "./io/output.js";
+export { HttpFolder, HubFolder, remoteSource, isRemoteSpec, type RemoteSpec } from "./io/http-folder.js";
+export { HttpSource, type RemoteOptions } from "./io/http-source.js";
+export { DEFAULT_ENDPOINT, type HttpOptions, type RetryOptions, type Fetch } from "./io/http-client.js";
 
 export { Checkpoint, type StoredTensor, type ConfigFile, parseConfigText, readIndex } from "./safetensors/checkpoint.js";
 export { SafetensorsFile } from "./safetensors/file.js";

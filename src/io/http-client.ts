@@ -1,0 +1,361 @@
+import { AbortError, InputError, ReadError } from "../errors.js";
+
+/**
+ * GET requests as checkpoints over HTTP need them, on WHATWG `fetch` alone (browsers and Node 20 alike):
+ * redirects followed by hand, so a bearer token goes to the Hub endpoint's own origin and never to a CDN
+ * it redirects to, and the Hub's `X-Linked-Etag` / `X-Linked-Size` are read off the redirect itself;
+ * transient failures (a dropped connection, a stall, 408/429/5xx) retried a bounded number of times with
+ * backoff, honouring `Retry-After`; everything else classified by whose fault it is.
+ */
+
+/** The part of `fetch` used here: the platform's own by default, or a caller's (tests, proxies). */
+export type Fetch = (url: string, init: RequestInit) => Promise<Response>;
+
+/** The public Hugging Face Hub, when no endpoint is given (`HF_ENDPOINT` on the command line). */
+export const DEFAULT_ENDPOINT = "https://huggingface.co";
+
+export interface RetryOptions {
+  /** Tries in all, the first included. Default 6. */
+  readonly attempts?: number;
+  /** The wait before the first retry, doubled for each one after. Default 500 ms. */
+  readonly baseDelayMs?: number;
+  /** The longest wait between tries. Default 8 s. */
+  readonly maxDelayMs?: number;
+  /** The longest a server's `Retry-After` is honoured. Default 60 s. */
+  readonly maxRetryAfterMs?: number;
+  /** How a wait is done; tests pass one that records instead of sleeping. */
+  readonly sleep?: (ms: number, signal?: AbortSignal) => Promise<void>;
+}
+
+export interface HttpOptions {
+  readonly fetch?: Fetch;
+  /** The Hugging Face endpoint, e.g. a mirror. Default https://huggingface.co. */
+  readonly endpoint?: string;
+  /** A bearer token, sent to the endpoint's origin only: never to another host, redirects included. */
+  readonly token?: string;
+  readonly retry?: RetryOptions;
+  /** A request that receives nothing for this long is dropped and tried again. Default 60 s. */
+  readonly stallTimeoutMs?: number;
+}
+
+/** Bytes [start, end) of a file. */
+export interface ByteRange {
+  readonly start: number;
+  readonly end: number;
+}
+
+/** A failure worth trying again. Inside this module and its callers only; what escapes is a `ReadError`. */
+export class Transient extends Error {
+  constructor(
+    message: string,
+    /** How long the server asked us to wait (`Retry-After`), when it did. */
+    readonly retryAfterMs?: number,
+  ) {
+    super(message);
+  }
+}
+
+const MAX_REDIRECTS = 10;
+
+/** A URL as it may appear in messages: no credentials, and a query (a signature, a SAS token) elided. */
+export function redactUrl(url: string | URL): string {
+  const u = typeof url === "string" ? new URL(url) : url;
+  return `${u.protocol}//${u.host}${u.pathname}${u.search ? "?…" : ""}`;
+}
+
+/** The ETag as a cache names its blob: weak marker and quotes removed. */
+export function normalizeEtag(etag: string | null | undefined): string | undefined {
+  if (etag === null || etag === undefined || etag === "") return undefined;
+  return etag.replace(/^W\//, "").replace(/^"(.*)"$/, "$1");
+}
+
+/** `Retry-After` as a delay: seconds, or an HTTP date. */
+export function retryAfterMs(value: string | null): number | undefined {
+  if (value === null) return undefined;
+  const v = value.trim();
+  if (/^\d+$/.test(v)) return Number(v) * 1000;
+  const at = Date.parse(v);
+  return Number.isNaN(at) ? undefined : Math.max(0, at - Date.now());
+}
+
+const NETWORK_WORDS: Readonly<Record<string, string>> = {
+  ECONNRESET: "connection reset",
+  ECONNREFUSED: "connection refused",
+  EPIPE: "connection broken",
+  ETIMEDOUT: "connection timed out",
+  EHOSTUNREACH: "host unreachable",
+  ENETUNREACH: "network unreachable",
+  EAI_AGAIN: "host name lookup failed for now",
+  UND_ERR_SOCKET: "connection closed by the server",
+  UND_ERR_CONNECT_TIMEOUT: "connection timed out",
+  UND_ERR_HEADERS_TIMEOUT: "no response headers in time",
+  UND_ERR_BODY_TIMEOUT: "the response stalled",
+};
+
+function errorCode(e: unknown): string | undefined {
+  for (let x: unknown = e, depth = 0; x && typeof x === "object" && depth < 4; x = (x as { cause?: unknown }).cause, depth++) {
+    const code = (x as { code?: unknown }).code;
+    if (typeof code === "string") return code;
+  }
+  return undefined;
+}
+
+/** One try of a request: its own abort controller, tied to the caller's signal and to a stall timer. */
+export class Attempt {
+  private readonly controller = new AbortController();
+  private last = 0;
+  private timer: ReturnType<typeof setTimeout> | undefined;
+  private stalled = false;
+  private readonly onAbort = (): void => this.controller.abort(this.caller?.reason);
+
+  constructor(
+    private readonly caller: AbortSignal | undefined,
+    private readonly stallMs: number,
+  ) {
+    if (caller?.aborted) this.controller.abort(caller.reason);
+    else caller?.addEventListener("abort", this.onAbort, { once: true });
+    this.touch();
+    this.arm(stallMs);
+  }
+
+  get signal(): AbortSignal {
+    return this.controller.signal;
+  }
+
+  /** Something arrived: the stall timer starts over (cheaply: the timer only checks when it fires). */
+  touch(): void {
+    this.last = performance.now();
+  }
+
+  private arm(ms: number): void {
+    this.timer = setTimeout(() => {
+      const idle = performance.now() - this.last;
+      if (idle < this.stallMs) {
+        this.arm(this.stallMs - idle);
+        return;
+      }
+      this.stalled = true;
+      this.controller.abort();
+    }, ms);
+  }
+
+  end(): void {
+    clearTimeout(this.timer);
+    this.caller?.removeEventListener("abort", this.onAbort);
+  }
+
+  /** What a failed `fetch` or body read means: the caller's abort, a stall, or the network (retried). */
+  failure(e: unknown, name: string, url: URL): Error {
+    if (this.caller?.aborted) return new AbortError(this.caller.reason);
+    if (this.stalled) return new Transient(`nothing received for ${Math.round(this.stallMs / 1000)} s`);
+    if (e instanceof AbortError || e instanceof InputError || e instanceof ReadError || e instanceof Transient) return e;
+    const code = errorCode(e);
+    if (code === "ENOTFOUND") return new InputError(`${name}: cannot resolve host ${url.hostname} (ENOTFOUND)`);
+    const words = code !== undefined ? (NETWORK_WORDS[code] ?? "connection failed") : "connection failed";
+    const detail = code !== undefined ? `${words} (${code})` : `${words}: ${e instanceof Error ? e.message : String(e)}`;
+    return new Transient(detail);
+  }
+}
+
+/** A response once redirects are followed, with what the redirects said about the file. */
+export interface Fetched {
+  readonly response: Response;
+  /** Where the request ended up (a CDN's signed URL when the Hub redirected). */
+  readonly url: string;
+  /** `X-Linked-Etag` / `X-Linked-Size` of a redirect on the way: the Hub's identity of the file. */
+  readonly linkedEtag?: string;
+  readonly linkedSize?: number;
+}
+
+/** A response body we will not read: let the connection go back to the pool. */
+export function discard(response: Response): void {
+  response.body?.cancel().catch(() => undefined);
+}
+
+/**
+ * A status that is neither success nor redirect, as an error: 408/429/5xx are retried; 401/403 are the
+ * user's (access); anything else is the input's (a URL that does not serve a checkpoint).
+ */
+export function statusFailure(name: string, response: Response): Error {
+  const s = response.status;
+  const what = `HTTP ${s}${response.statusText ? ` ${response.statusText}` : ""}`;
+  if (s === 408 || s === 429 || s >= 500) return new Transient(what, retryAfterMs(response.headers.get("retry-after")));
+  if (s === 401 || s === 403) return new InputError(`${name}: access denied (${what}); a private or gated repo needs a token that may read it (HF_TOKEN)`);
+  return new InputError(`${name}: ${what}`);
+}
+
+const sleep = (ms: number, signal?: AbortSignal): Promise<void> =>
+  new Promise((resolve, reject) => {
+    if (signal?.aborted) {
+      reject(new AbortError(signal.reason));
+      return;
+    }
+    const onAbort = (): void => {
+      clearTimeout(timer);
+      reject(new AbortError(signal?.reason));
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+
+export class HttpClient {
+  private readonly fetchImpl: Fetch;
+  private readonly tokenOrigin: string | undefined;
+  private readonly token: string | undefined;
+  private readonly attempts: number;
+  private readonly baseDelayMs: number;
+  private readonly maxDelayMs: number;
+  private readonly maxRetryAfterMs: number;
+  private readonly sleep: (ms: number, signal?: AbortSignal) => Promise<void>;
+  readonly stallMs: number;
+  readonly endpoint: string;
+
+  constructor(options: HttpOptions = {}) {
+    this.fetchImpl = options.fetch ?? ((url, init) => fetch(url, init));
+    this.endpoint = checkEndpoint(options.endpoint ?? DEFAULT_ENDPOINT);
+    const token = options.token?.trim();
+    this.token = token ? token : undefined;
+    this.tokenOrigin = this.token !== undefined ? new URL(this.endpoint).origin : undefined;
+    const r = options.retry ?? {};
+    this.attempts = Math.max(1, r.attempts ?? 6);
+    this.baseDelayMs = r.baseDelayMs ?? 500;
+    this.maxDelayMs = r.maxDelayMs ?? 8000;
+    this.maxRetryAfterMs = r.maxRetryAfterMs ?? 60_000;
+    this.sleep = r.sleep ?? sleep;
+    this.stallMs = options.stallTimeoutMs ?? 60_000;
+  }
+
+  /** Whether a request to `url` carries the token: only to the endpoint's own scheme, host and port. */
+  sendsTokenTo(url: URL): boolean {
+    return this.tokenOrigin !== undefined && url.origin === this.tokenOrigin;
+  }
+
+  private headers(url: URL, range: ByteRange | undefined, accept?: string): Record<string, string> {
+    const h: Record<string, string> = { "accept-encoding": "identity" };
+    if (range) h["range"] = `bytes=${range.start}-${range.end - 1}`;
+    if (accept) h["accept"] = accept;
+    if (this.sendsTokenTo(url)) h["authorization"] = `Bearer ${this.token}`;
+    return h;
+  }
+
+  /**
+   * One GET, redirects followed by hand: the token is re-decided at every hop, an https page may not
+   * send us to plain http, and the first `X-Linked-Etag` / `X-Linked-Size` on the way is kept. Any final
+   * status is returned; network failures and stalls throw (`Transient` when worth retrying).
+   */
+  async get(url: string, name: string, range: ByteRange | undefined, attempt: Attempt, accept?: string): Promise<Fetched> {
+    let at = new URL(url);
+    let linkedEtag: string | undefined;
+    let linkedSize: number | undefined;
+    for (let hop = 0; ; hop++) {
+      let response: Response;
+      try {
+        response = await this.fetchImpl(at.href, { headers: this.headers(at, range, accept), redirect: "manual", signal: attempt.signal });
+      } catch (e) {
+        throw attempt.failure(e, name, at);
+      }
+      attempt.touch();
+      if (response.type === "opaqueredirect") {
+        // A browser hides redirects from scripts; there its own fetch follows them, and by the Fetch
+        // standard drops the Authorization header when the origin changes.
+        try {
+          response = await this.fetchImpl(at.href, { headers: this.headers(at, range, accept), redirect: "follow", signal: attempt.signal });
+        } catch (e) {
+          throw attempt.failure(e, name, at);
+        }
+        return { response, url: response.url || at.href, ...linked(linkedEtag, linkedSize) };
+      }
+      const location = response.headers.get("location");
+      if (![301, 302, 303, 307, 308].includes(response.status) || location === null) {
+        return { response, url: at.href, ...linked(linkedEtag, linkedSize) };
+      }
+      linkedEtag ??= normalizeEtag(response.headers.get("x-linked-etag"));
+      const size = response.headers.get("x-linked-size");
+      if (linkedSize === undefined && size !== null && /^\d+$/.test(size.trim())) linkedSize = Number(size.trim());
+      discard(response);
+      if (hop >= MAX_REDIRECTS) throw new InputError(`${name}: more than ${MAX_REDIRECTS} redirects`);
+      let next: URL;
+      try {
+        next = new URL(location, at);
+      } catch {
+        throw new InputError(`${name}: redirected to an invalid URL`);
+      }
+      if (next.protocol !== "https:" && next.protocol !== "http:") throw new InputError(`${name}: redirected to a ${next.protocol} URL, which is not HTTP`);
+      if (at.protocol === "https:" && next.protocol === "http:") throw new InputError(`${name}: redirected from https to plain http (${redactUrl(next)}); refusing to downgrade`);
+      at = next;
+    }
+  }
+
+  /**
+   * Run `body` until it succeeds, each try with a fresh `Attempt`: a `Transient` failure waits (doubling
+   * from the base delay, or what `Retry-After` asked, within bounds) and tries again, up to the number of
+   * attempts, then becomes a `ReadError` naming the file. Any other failure ends it at once.
+   */
+  async retrying<T>(name: string, signal: AbortSignal | undefined, body: (attempt: Attempt) => Promise<T>): Promise<T> {
+    for (let n = 1; ; n++) {
+      const attempt = new Attempt(signal, this.stallMs);
+      try {
+        return await body(attempt);
+      } catch (e) {
+        // Failures of fetch and of body reads arrive classified (see `Attempt.failure`); anything else is ours.
+        if (!(e instanceof Transient)) throw signal?.aborted && !(e instanceof AbortError) ? new AbortError(signal.reason) : e;
+        const failure = e;
+        if (n >= this.attempts) throw new ReadError(`${name}: ${failure.message}, still after ${this.attempts} attempts`);
+        const backoff = Math.min(this.maxDelayMs, this.baseDelayMs * 2 ** (n - 1));
+        await this.sleep(failure.retryAfterMs !== undefined ? Math.min(this.maxRetryAfterMs, failure.retryAfterMs) : backoff, signal);
+      } finally {
+        attempt.end();
+      }
+    }
+  }
+}
+
+function linked(etag: string | undefined, size: number | undefined): { linkedEtag?: string; linkedSize?: number } {
+  return { ...(etag !== undefined ? { linkedEtag: etag } : {}), ...(size !== undefined ? { linkedSize: size } : {}) };
+}
+
+/** An endpoint as `huggingface_hub` takes `HF_ENDPOINT`: an http(s) URL, its trailing slashes dropped. */
+export function checkEndpoint(endpoint: string): string {
+  let u: URL;
+  try {
+    u = new URL(endpoint);
+  } catch {
+    throw new InputError(`the Hugging Face endpoint ${JSON.stringify(endpoint)} is not a URL`);
+  }
+  if (u.protocol !== "https:" && u.protocol !== "http:") throw new InputError(`the Hugging Face endpoint ${JSON.stringify(endpoint)} is not an http(s) URL`);
+  if (u.username || u.password) throw new InputError("the Hugging Face endpoint must not carry credentials in its URL; pass a token instead");
+  return endpoint.replace(/\/+$/, "");
+}
+
+/** Read a whole small body, refusing one longer than `limit` bytes (a hostile or confused server). */
+export async function readBounded(response: Response, limit: number, name: string, attempt: Attempt, url: URL): Promise<Uint8Array> {
+  const reader = response.body?.getReader();
+  if (!reader) return new Uint8Array(0);
+  const parts: Uint8Array[] = [];
+  let n = 0;
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      attempt.touch();
+      n += value.byteLength;
+      if (n > limit) {
+        reader.cancel().catch(() => undefined);
+        throw new InputError(`${name}: the response is more than ${limit} bytes`);
+      }
+      parts.push(value);
+    }
+  } catch (e) {
+    throw attempt.failure(e, name, url);
+  }
+  const out = new Uint8Array(n);
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.byteLength;
+  }
+  return out;
+}
