@@ -3,10 +3,17 @@ import type { SourceOptions } from "../node/sources.js";
 /**
  * How the command line opens the checkpoints it is given: the environment is the process's, so repo ids
  * are looked up in the Hugging Face cache that `HF_HUB_CACHE` / `HF_HOME` / `XDG_CACHE_HOME` name, as
- * `huggingface_hub` does.
+ * `huggingface_hub` does, and `hf://` sources go to `HF_ENDPOINT` (default the public Hub) with
+ * `HF_TOKEN`.
  */
 export function sourceOptions(flags: { followSymlinks?: boolean }): SourceOptions {
-  return { env: process.env, ...(flags.followSymlinks ? { followSymlinks: true } : {}) };
+  const endpoint = process.env["HF_ENDPOINT"]?.trim();
+  const token = process.env["HF_TOKEN"]?.trim();
+  return {
+    env: process.env,
+    ...(flags.followSymlinks ? { followSymlinks: true } : {}),
+    http: { ...(endpoint ? { endpoint } : {}), ...(token ? { token } : {}) },
+  };
 }
 
-export const SOURCE_HELP = "checkpoint folder, Hugging Face cache snapshot, or repo id ORG/NAME[@REV] in the local cache";
+export const SOURCE_HELP = "checkpoint folder, http(s):// URL of one, hf://ORG/NAME[@REV] on the Hub, or repo id ORG/NAME[@REV] in the local cache";

@@ -8,7 +8,7 @@ export interface AuxFiles {
   readonly entries: readonly { readonly rel: string; readonly dir: boolean }[];
   /** Weight files of another checkpoint lying in the folder, which are not part of this one. */
   readonly skipped: readonly string[];
-  /** False when the folder cannot be listed (a plain HTTP URL): then no other file can be copied. */
+  /** False when the folder cannot be listed (a plain HTTP URL): then only config.json is copied. */
   readonly listable: boolean;
 }
 
@@ -55,6 +55,8 @@ export async function listAuxFiles(
     return true;
   };
   const listable = await walk("");
+  // A folder that cannot be listed (a plain URL) still has the config.json the conversion read.
+  if (!listable && !weightFiles.has(CONFIG_FILE) && !options.skip?.has(CONFIG_FILE)) entries.push({ rel: CONFIG_FILE, dir: false });
   return { entries, skipped, listable };
 }
 

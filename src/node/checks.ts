@@ -15,9 +15,9 @@ export function sha256(): Hasher {
 
 /** `inspect` of a checkpoint named as on the command line (folder, cache snapshot, repo id or file). */
 export async function inspectCheckpoint(location: string, options: SourceOptions & { signal?: AbortSignal } = {}): Promise<InspectReport> {
-  const { checkpoint } = await openSource(location, options);
+  const { checkpoint, source } = await openSource(location, options);
   try {
-    return await describeCheckpoint(checkpoint, location, options.signal);
+    return await describeCheckpoint(checkpoint, source.display ?? location, options.signal);
   } finally {
     checkpoint.close();
   }
@@ -25,9 +25,9 @@ export async function inspectCheckpoint(location: string, options: SourceOptions
 
 /** `verify` of a checkpoint named as on the command line. */
 export async function verifyCheckpoint(location: string, options: SourceOptions & VerifyOptions = {}): Promise<VerifyReport> {
-  const { checkpoint } = await openSource(location, options);
+  const { checkpoint, source } = await openSource(location, options);
   try {
-    return { ...(await verifyRoundTrip(checkpoint, options)), dir: location };
+    return { ...(await verifyRoundTrip(checkpoint, options)), dir: source.display ?? location };
   } finally {
     checkpoint.close();
   }
@@ -40,12 +40,12 @@ export interface DiffOptions extends SourceOptions, Omit<CompareOptions, "hasher
 
 /** `diff` of two checkpoints named as on the command line. */
 export async function diffCheckpoints(pathA: string, pathB: string, options: DiffOptions = {}): Promise<DiffReport> {
-  const { checkpoint: a } = await openSource(pathA, options);
+  const { checkpoint: a, source: sa } = await openSource(pathA, options);
   try {
-    const { checkpoint: b } = await openSource(pathB, options);
+    const { checkpoint: b, source: sb } = await openSource(pathB, options);
     try {
       const report = await compareCheckpoints(a, b, { ...options, ...(options.hashes ?? true ? { hasher: sha256 } : {}) });
-      return { ...report, a: pathA, b: pathB };
+      return { ...report, a: sa.display ?? pathA, b: sb.display ?? pathB };
     } finally {
       b.close();
     }

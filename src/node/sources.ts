@@ -1,6 +1,9 @@
 import * as fs from "node:fs";
 import { InputError } from "../errors.js";
+import type { ByteSource } from "../io/byte-source.js";
 import type { Folder } from "../io/folder.js";
+import { isRemoteSpec, remoteSource } from "../io/http-folder.js";
+import type { RemoteOptions } from "../io/http-source.js";
 import { Checkpoint } from "../safetensors/checkpoint.js";
 import { FileSource, describeIoError, fileKind } from "./file-source.js";
 import { type Environment, cachedSnapshot, hubCacheDir, parseRepoId } from "./hf-cache.js";
@@ -15,6 +18,12 @@ export interface SourceOptions {
    * it, the default `~/.cache/huggingface/hub`).
    */
   readonly env?: Environment;
+  /**
+   * For `http(s)://` and `hf://` sources: the Hub endpoint and token (the command line passes
+   * `HF_ENDPOINT` and `HF_TOKEN`; the token goes to the endpoint's host only), and, for tests or
+   * proxies, the `fetch` to use, retries, and how many requests and read-ahead bytes to allow.
+   */
+  readonly http?: RemoteOptions;
 }
 
 /** Where a checkpoint named on the command line lives. */
@@ -22,17 +31,26 @@ export interface ResolvedSource {
   readonly folder?: Folder;
   /** A bare `.safetensors` file, which `inspect` and `diff` take. */
   readonly file?: string;
+  /** The same named by URL. */
+  readonly openFile?: () => Promise<ByteSource>;
   /** The local folder, when there is one: an output must not be inside it. */
   readonly localDir?: string;
   /** How the user named it. */
   readonly spec: string;
+  /** How reports name it, when not as the user typed it: a URL with its query (a signature) elided. */
+  readonly display?: string;
 }
 
 /**
- * A checkpoint's location from how a user names it: an existing local path always wins; otherwise
- * `ORG/NAME[@REVISION]` is a model in the local Hugging Face cache.
+ * A checkpoint's location from how a user names it: an `http(s)://` URL of a folder (or of a
+ * `.safetensors` file) or `hf://ORG/NAME[@REVISION]` on the Hub; otherwise an existing local path always
+ * wins, and `ORG/NAME[@REVISION]` is a model in the local Hugging Face cache.
  */
 export function resolveSource(spec: string, options: SourceOptions = {}): ResolvedSource {
+  if (isRemoteSpec(spec)) {
+    const remote = remoteSource(spec, options.http);
+    return { spec, display: remote.name, ...remote };
+  }
   let st: fs.Stats | undefined;
   try {
     st = fs.statSync(spec);
@@ -53,9 +71,10 @@ export function resolveSource(spec: string, options: SourceOptions = {}): Resolv
   return { spec, folder, localDir: snapshot };
 }
 
-/** Open the checkpoint a user named: a folder, a cache snapshot or repo id, or a bare `.safetensors` file. */
+/** Open the checkpoint a user named: a folder, a URL, a cache snapshot or repo id, or a bare `.safetensors` file. */
 export async function openSource(spec: string, options: SourceOptions & { signal?: AbortSignal } = {}): Promise<{ checkpoint: Checkpoint; source: ResolvedSource }> {
   const source = resolveSource(spec, options);
   if (source.file !== undefined) return { checkpoint: await Checkpoint.fromFile(new FileSource(source.file), options.signal), source };
+  if (source.openFile) return { checkpoint: await Checkpoint.fromFile(await source.openFile(), options.signal), source };
   return { checkpoint: await Checkpoint.open(source.folder!, options), source };
 }

@@ -5,6 +5,7 @@ import type { ConvertSummary } from "../../node/convert.js";
 import { parseFaults } from "../../convert/faults.js";
 import { type Layout, layoutShortName } from "../../convert/layout.js";
 import { UsageError } from "../../errors.js";
+import { redactUrl } from "../../io/http-client.js";
 import { DEFAULT_MAX_SHARD_SIZE_FLAG } from "../../safetensors/shard-size.js";
 import { formatBytes, formatCount, formatRate, formatSeconds, intFlag, parseSize } from "../format.js";
 import { printJson, say, warn, warnList } from "../output.js";
@@ -119,7 +120,7 @@ export function registerConvert(program: Command): void {
       if (flags.quiet) return;
       warnList(summary.warnings.map((w) => `warning: ${w.message}`));
       if (summary.skippedFiles.length > 0) warn(`not copied (weights of another checkpoint): ${summary.skippedFiles.join(", ")}`);
-      if (!summary.auxListed) warn(`${src} cannot be listed, so only its config.json and weights were read; no other file (tokenizer, processor, code) was copied`);
+      if (!summary.auxListed) warn(`${/^https?:\/\//i.test(src) ? redactUrl(src) : src} cannot be listed, so only config.json and the weights were copied; no other file (tokenizer, processor, code) was`);
       if (summary.dequantized) warn(dequantizedNote(summary));
       if (summary.base) say(auditLine(summary.base));
       if (summary.configChanged && flags.numLayers !== undefined) {
