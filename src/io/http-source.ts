@@ -1,6 +1,6 @@
 import { AbortError, InputError, ReadError } from "../errors.js";
 import { type ByteSource, pastTheEnd } from "./byte-source.js";
-import { type Attempt, type ByteRange, type Fetched, HttpClient, type HttpOptions, Transient, discard, normalizeEtag, statusFailure } from "./http-client.js";
+import { type Attempt, type ByteRange, type Fetched, HttpClient, type HttpResponse, type HttpOptions, Transient, discard, normalizeEtag, statusFailure } from "./http-client.js";
 
 /**
  * Files read over HTTP by byte ranges only. Opening a file asks for its first bytes (enough for most
@@ -17,7 +17,7 @@ export interface RemoteOptions extends HttpOptions {
   readonly connections?: number;
   /** The largest request adjacent reads are coalesced into. Default 16 MiB. */
   readonly maxRequestBytes?: number;
-  /** Bytes of reads a stream keeps in flight over these files (`ByteSource.readAhead`). Default 32 MiB. */
+  /** Bytes of reads a stream keeps in flight over these files (`ByteSource.readAhead`). Default 16 MiB. */
   readonly readAhead?: number;
 }
 
@@ -68,7 +68,7 @@ function ignoresRange(name: string): InputError {
   return new InputError(`${name}: the server ignores Range requests (HTTP 200 instead of 206 Partial Content); checkpoints are read only by byte ranges, so this server cannot serve one`);
 }
 
-function checkEncoding(name: string, response: Response): void {
+function checkEncoding(name: string, response: HttpResponse): void {
   const enc = response.headers.get("content-encoding");
   if (enc !== null && enc.trim() !== "" && enc.trim().toLowerCase() !== "identity") {
     discard(response);
@@ -92,7 +92,7 @@ export class RemoteReader {
     this.headBytes = Math.min(MAX_HEAD, Math.max(8, options.headBytes ?? 128 * 1024));
     this.connections = Math.max(1, options.connections ?? 8);
     this.maxRequest = Math.max(1, options.maxRequestBytes ?? 16 * 1024 * 1024);
-    this.readAhead = Math.max(0, options.readAhead ?? 32 * 1024 * 1024);
+    this.readAhead = Math.max(0, options.readAhead ?? 16 * 1024 * 1024);
   }
 
   /**
@@ -162,7 +162,7 @@ export class RemoteReader {
   }
 
   /** A body of exactly `length` bytes, read whole. */
-  private async body(r: Response, length: number, name: string, attempt: Attempt, url: string): Promise<Uint8Array> {
+  private async body(r: HttpResponse, length: number, name: string, attempt: Attempt, url: string): Promise<Uint8Array> {
     const out = new Uint8Array(length);
     let at = 0;
     await this.stream(r, name, attempt, url, length, (bytes) => {
@@ -176,7 +176,7 @@ export class RemoteReader {
    * Read a body, handing each piece on as it arrives. More bytes than `length` is the server's error;
    * fewer (the connection dropped) is worth a retry, from where it stopped.
    */
-  private async stream(r: Response, name: string, attempt: Attempt, url: string, length: number, take: (bytes: Uint8Array) => void): Promise<void> {
+  private async stream(r: HttpResponse, name: string, attempt: Attempt, url: string, length: number, take: (bytes: Uint8Array) => void): Promise<void> {
     const reader = r.body?.getReader();
     let got = 0;
     if (reader) {

@@ -7,6 +7,7 @@ import type { RemoteOptions } from "../io/http-source.js";
 import { Checkpoint } from "../safetensors/checkpoint.js";
 import { FileSource, describeIoError, fileKind } from "./file-source.js";
 import { type Environment, cachedSnapshot, hubCacheDir, parseRepoId } from "./hf-cache.js";
+import { nodeFetch } from "./http-transport.js";
 import { LocalFolder } from "./local-folder.js";
 
 export interface SourceOptions {
@@ -48,7 +49,8 @@ export interface ResolvedSource {
  */
 export function resolveSource(spec: string, options: SourceOptions = {}): ResolvedSource {
   if (isRemoteSpec(spec)) {
-    const remote = remoteSource(spec, options.http);
+    // Over node:http unless the caller brings its own fetch: far less work per request and per byte.
+    const remote = remoteSource(spec, { fetch: nodeFetch, ...options.http });
     return { spec, display: remote.name, ...remote };
   }
   let st: fs.Stats | undefined;

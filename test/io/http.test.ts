@@ -284,7 +284,7 @@ describe("checkpoints over HTTP", () => {
         // Same size, new content: only the ETag tells.
         const file = path.join(copy, shard);
         const bytes = fs.readFileSync(file);
-        bytes[bytes.length - 1] ^= 1;
+        bytes.writeUInt8(bytes.readUInt8(bytes.length - 1) ^ 1, bytes.length - 1);
         fs.writeFileSync(file, bytes);
         fs.utimesSync(file, new Date(), new Date(Date.now() + 5000));
         replaced = true;
