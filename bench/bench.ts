@@ -4,6 +4,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { synthesize } from "../src/node/synth.js";
 import { dequantizeSection } from "./dequantize.js";
+import { httpSection } from "./http.js";
 import {
   type Sample,
   bigRounds,
@@ -142,6 +143,7 @@ const SECTIONS: readonly (readonly [string, () => Promise<string>])[] = [
   ["convert", conversionSection],
   ["inspect", inspectSection],
   ["dequantize", dequantizeSection],
+  ["http", httpSection],
 ];
 
 async function main(): Promise<void> {
