@@ -29,6 +29,8 @@ export interface ServeOptions {
   readonly dropAfter?: number;
   /** Bytes appended past what was asked for (a server that sends too much). */
   readonly extra?: number;
+  /** Send no Content-Length (the body goes chunked). */
+  readonly chunked?: boolean;
   /** Replace or add response headers. */
   readonly headers?: Readonly<Record<string, string>>;
 }
@@ -114,7 +116,7 @@ export function serveFile(file: string, req: http.IncomingMessage, res: http.Ser
     headers["content-range"] = `bytes ${start}-${end - 1}/${size}`;
   }
   const extra = options.extra ?? 0;
-  headers["content-length"] = String(end - start + extra);
+  if (!options.chunked) headers["content-length"] = String(end - start + extra);
   res.writeHead(status, { ...headers, ...options.headers });
   if (req.method === "HEAD") {
     res.end();

@@ -327,6 +327,13 @@ describe("checkpoints over HTTP", () => {
     expect(opened).toBe(true);
     expect(e2).toBeInstanceOf(InputError);
     expect((e2 as Error).message).toMatch(/: Content-Length \d+ disagrees with Content-Range bytes \d+-\d+\/\d+$/);
+
+    // The same without a Content-Length: the body itself runs past the range.
+    const more = counter();
+    fault = (req) => (req.url?.includes("00001-of") && more(req.url) > 0 ? { extra: 100, chunked: true } : undefined);
+    const e3 = await convertCheckpoint({ src: `${server.url}/small`, dst: out(), to: "native", http: fastRetries() }).catch((x: unknown) => x);
+    expect(e3).toBeInstanceOf(InputError);
+    expect((e3 as Error).message).toMatch(new RegExp(`^${server.url}/small/model-00001-of-\\d+\\.safetensors: the server sent more than the \\d+ bytes asked for$`));
     fault = undefined;
   });
 
