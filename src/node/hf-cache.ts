@@ -39,7 +39,7 @@ export function cachedSnapshot(ref: RepoRef, cacheDir: string): string {
   const repoDir = path.join(cacheDir, repoFolderName(ref.repo));
   const spec = `${ref.repo}@${ref.revision}`;
   if (!fs.existsSync(repoDir)) {
-    throw new InputError(`${spec}: not a local folder, and not in the Hugging Face cache (looked for ${repoDir}); omni-ckpt never downloads: fetch it with huggingface-cli download ${ref.repo} first`);
+    throw new InputError(`${spec}: not a local folder, and not in the Hugging Face cache (looked for ${repoDir}); to read it from the Hub, name it hf://${ref.repo}${ref.revision === "main" ? "" : `@${ref.revision}`} (or fetch it first with huggingface-cli download ${ref.repo})`);
   }
   let commit = ref.revision;
   if (!COMMIT.test(commit)) {

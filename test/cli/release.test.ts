@@ -204,7 +204,7 @@ describe("the Hugging Face cache", () => {
     const r = runCli(["inspect", "nvidia/Not-Here"], { env: env({ HF_HUB_CACHE: cache }) });
     expect(r.code).toBe(2);
     expect(r.stderr).toBe(
-      `omni-ckpt: error: nvidia/Not-Here@main: not a local folder, and not in the Hugging Face cache (looked for ${path.join(cache, "models--nvidia--Not-Here")}); omni-ckpt never downloads: fetch it with huggingface-cli download nvidia/Not-Here first\n`,
+      `omni-ckpt: error: nvidia/Not-Here@main: not a local folder, and not in the Hugging Face cache (looked for ${path.join(cache, "models--nvidia--Not-Here")}); to read it from the Hub, name it hf://nvidia/Not-Here (or fetch it first with huggingface-cli download nvidia/Not-Here)\n`,
     );
     const rev = runCli(["inspect", "nvidia/Tiny-Omni@v2"], { env: env({ HF_HUB_CACHE: cache }) });
     expect(rev.code).toBe(2);

@@ -47,7 +47,8 @@ let server: LoopbackServer;
 let fault: ((req: import("node:http").IncomingMessage, served: Served, nth: number) => ServeOptions | "drop" | number | undefined) | undefined;
 
 beforeAll(async () => {
-  await synthesize(small, { preset: "small", maxShardSize: 400_000 });
+  // Scaled so a conversion takes several chunks (progress, read-ahead and coalescing have work to do).
+  await synthesize(small, { preset: "small", scale: 3, maxShardSize: 1_000_000 });
   await convertCheckpoint({ src: small, dst: localNative, to: "native" });
   server = await startServer("origin", folderHandler(work, (req, served, nth) => fault?.(req, served, nth)));
 });
