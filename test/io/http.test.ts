@@ -338,6 +338,28 @@ describe("checkpoints over HTTP", () => {
     fault = undefined;
   });
 
+  it("takes a whole small file from a server that ignores Range, and an empty file from a 416", async () => {
+    const odd = path.join(work, "odd");
+    fs.mkdirSync(odd, { recursive: true });
+    fs.writeFileSync(path.join(odd, "small.bin"), Buffer.from("0123456789"));
+    fs.writeFileSync(path.join(odd, "empty.bin"), Buffer.alloc(0));
+    fs.writeFileSync(path.join(odd, "name with space#1.bin"), Buffer.from("abc"));
+    fault = (req) => (req.url === "/odd/small.bin" ? { ignoreRange: true } : undefined);
+    const folder = new HttpFolder(`${server.url}/odd/`, fastRetries());
+    const small = await folder.open("small.bin");
+    const bytes = new Uint8Array(4);
+    await small.read(bytes, 3);
+    expect(new TextDecoder().decode(bytes)).toBe("3456");
+    expect(await folder.stat("empty.bin")).toEqual({ kind: "file", size: 0 });
+    const spaced = await folder.open("name with space#1.bin");
+    expect(spaced.size).toBe(3);
+    expect(folder.describe("name with space#1.bin")).toBe(`${server.url}/odd/name%20with%20space%231.bin`);
+    expect(await folder.stat("missing.bin")).toBeUndefined();
+    await expect(folder.open("missing.bin")).rejects.toThrow(`${server.url}/odd/missing.bin: cannot open: not found (HTTP 404)`);
+    await expect(small.read(new Uint8Array(4), 8)).rejects.toThrow(`${server.url}/odd/small.bin: read of 4 bytes at 8 is past the end (10 bytes)`);
+    fault = undefined;
+  });
+
   it("a short body that keeps coming short is a ReadError after the retries", async () => {
     const count = counter();
     fault = (req) => (req.url?.includes("00001-of") && count(req.url) > 0 ? { dropAfter: 100 } : undefined);
