@@ -204,13 +204,16 @@ export function discard(response: HttpResponse): void {
 
 /**
  * A status that is neither success nor redirect, as an error: 408/429/5xx are retried; 401/403 are the
- * user's (access); anything else is the input's (a URL that does not serve a checkpoint).
+ * user's (access: from the Hub endpoint, a token may help); anything else is the input's (a URL that
+ * does not serve a checkpoint).
  */
-export function statusFailure(name: string, response: HttpResponse): Error {
+export function statusFailure(name: string, response: HttpResponse, fromEndpoint = false): Error {
   const s = response.status;
   const what = `HTTP ${s}${response.statusText ? ` ${response.statusText}` : ""}`;
   if (s === 408 || s === 429 || s >= 500) return new Transient(what, retryAfterMs(response.headers.get("retry-after")));
-  if (s === 401 || s === 403) return new InputError(`${name}: access denied (${what}); a private or gated repo needs a token that may read it (HF_TOKEN)`);
+  if (s === 401 || s === 403) {
+    return new InputError(`${name}: access denied (${what})${fromEndpoint ? "; a private or gated repo needs a token that may read it (HF_TOKEN)" : ""}`);
+  }
   return new InputError(`${name}: ${what}`);
 }
 
@@ -256,6 +259,11 @@ export class HttpClient {
     this.maxRetryAfterMs = r.maxRetryAfterMs ?? 60_000;
     this.sleep = r.sleep ?? sleep;
     this.stallMs = options.stallTimeoutMs ?? 60_000;
+  }
+
+  /** Whether `url` is on the Hub endpoint (where a token is what access takes). */
+  isEndpoint(url: string): boolean {
+    return new URL(url).origin === new URL(this.endpoint).origin;
   }
 
   /** Whether a request to `url` carries the token: only to the endpoint's own scheme, host and port. */

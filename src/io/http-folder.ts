@@ -163,7 +163,7 @@ export class HubFolder extends RemoteFolder {
       }
       if (r.status !== 200) {
         discard(r);
-        throw statusFailure(this.name, r);
+        throw statusFailure(this.name, r, true);
       }
       return new TextDecoder().decode(await readBounded(r, MAX_LISTING_BYTES, this.name, attempt, new URL(got.url)));
     });

@@ -119,7 +119,7 @@ export class RemoteReader {
       }
       if (r.status !== 200 && r.status !== 206) {
         discard(r);
-        throw statusFailure(name, r);
+        throw statusFailure(name, r, this.client.isEndpoint(got.url));
       }
       checkEncoding(name, r);
       const length = r.headers.get("content-length");
@@ -262,7 +262,7 @@ export class RemoteReader {
       }
       if (r.status === 404 || r.status === 410) throw new ReadError(`${file.name}: disappeared while being read (HTTP ${r.status}); run again`);
       if (r.status === 416) throw new ReadError(`${file.name}: changed while being read (bytes ${want.start}-${want.end - 1} are no longer in it); run again`);
-      throw statusFailure(file.name, r);
+      throw statusFailure(file.name, r, this.client.isEndpoint(got.url));
     });
   }
 

@@ -511,6 +511,23 @@ describe("hf:// sources", () => {
     }
   });
 
+  it("access denied is the user's to fix (exit 2), with a token hint only from the Hub endpoint", async () => {
+    fault = (req) => (req.url?.startsWith("/small/") ? 403 : undefined);
+    const e = await inspectCheckpoint(`${server.url}/small`, { http: fastRetries() }).catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(InputError);
+    expect((e as Error).message).toBe(`${server.url}/small/model.safetensors.index.json: access denied (HTTP 403 Forbidden)`);
+    fault = undefined;
+    const hub = await startFakeHub({ "nvidia/gated": small }, { fault: (_req, served) => (served.server === "hub" ? 401 : undefined) });
+    try {
+      const g = await inspectCheckpoint("hf://nvidia/gated", { http: { ...fastRetries(), endpoint: hub.endpoint } }).catch((x: unknown) => x);
+      expect(g).toBeInstanceOf(InputError);
+      expect((g as Error).message).toBe("hf://nvidia/gated/model.safetensors.index.json: access denied (HTTP 401 Unauthorized); a private or gated repo needs a token that may read it (HF_TOKEN)");
+      expect(exitCodeOf(g)).toBe(2);
+    } finally {
+      await hub.close();
+    }
+  });
+
   it("names an unknown repo or revision, and a hostile listing", async () => {
     const hub = await startFakeHub({});
     try {
