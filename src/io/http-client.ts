@@ -369,7 +369,14 @@ export function checkEndpoint(endpoint: string): string {
 }
 
 /** Read a whole small body, refusing one longer than `limit` bytes (a hostile or confused server). */
-export async function readBounded(response: HttpResponse, limit: number, name: string, attempt: Attempt, url: URL): Promise<Uint8Array> {
+export async function readBounded(
+  response: HttpResponse,
+  limit: number,
+  name: string,
+  attempt: Attempt,
+  url: URL,
+  tooLong: () => Error = () => new InputError(`${name}: the response is more than ${limit} bytes`),
+): Promise<Uint8Array> {
   const reader = response.body?.getReader();
   if (!reader) return new Uint8Array(0);
   const parts: Uint8Array[] = [];
@@ -382,7 +389,7 @@ export async function readBounded(response: HttpResponse, limit: number, name: s
       n += value.byteLength;
       if (n > limit) {
         reader.cancel().catch(() => undefined);
-        throw new InputError(`${name}: the response is more than ${limit} bytes`);
+        throw tooLong();
       }
       parts.push(value);
     }

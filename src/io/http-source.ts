@@ -1,6 +1,6 @@
 import { AbortError, InputError, ReadError } from "../errors.js";
 import { type ByteSource, pastTheEnd } from "./byte-source.js";
-import { type Attempt, type ByteRange, type Fetched, HttpClient, type HttpResponse, type HttpOptions, Transient, discard, normalizeEtag, statusFailure } from "./http-client.js";
+import { type Attempt, type ByteRange, type Fetched, HttpClient, type HttpResponse, type HttpOptions, Transient, discard, normalizeEtag, readBounded, statusFailure } from "./http-client.js";
 
 /**
  * Files read over HTTP by byte ranges only. Opening a file asks for its first bytes (enough for most
@@ -125,11 +125,12 @@ export class RemoteReader {
       const length = r.headers.get("content-length");
       if (r.status === 200) {
         // The whole file: acceptable only when it is no longer than the range asked for.
-        if (length === null || Number(length) > range.end) {
+        if (length !== null && !(Number(length) <= range.end)) {
           discard(r);
           throw ignoresRange(name);
         }
-        const bytes = await this.body(r, Number(length), name, attempt, got.url);
+        const bytes = await readBounded(r, range.end, name, attempt, new URL(got.url), () => ignoresRange(name));
+        if (length !== null && bytes.byteLength !== Number(length)) throw new Transient(`the response ended after ${bytes.byteLength} of ${length} bytes`);
         return this.file(url, name, got, bytes.byteLength, bytes);
       }
       const cr = contentRange(r.headers.get("content-range"));

@@ -315,6 +315,10 @@ describe("checkpoints over HTTP", () => {
     expect(e).toBeInstanceOf(InputError);
     expect((e as Error).message).toMatch(new RegExp(`^${server.url}/small/model-00001-of-\\d+\\.safetensors: the server ignores Range requests \\(HTTP 200 instead of 206 Partial Content\\)`));
     expect(exitCodeOf(e)).toBe(2);
+    // The same with the body chunked (no Content-Length to tell): refused once it runs past the range.
+    fault = (req) => (req.url?.endsWith(".safetensors") ? { ignoreRange: true, chunked: true } : undefined);
+    const chunked = await inspectCheckpoint(`${server.url}/small`, { http: fastRetries() }).catch((x: unknown) => x);
+    expect((chunked as Error).message).toMatch(new RegExp(`^${server.url}/small/model-00001-of-\\d+\\.safetensors: the server ignores Range requests`));
 
     let opened = false;
     const count = counter();
@@ -344,7 +348,7 @@ describe("checkpoints over HTTP", () => {
     fs.writeFileSync(path.join(odd, "small.bin"), Buffer.from("0123456789"));
     fs.writeFileSync(path.join(odd, "empty.bin"), Buffer.alloc(0));
     fs.writeFileSync(path.join(odd, "name with space#1.bin"), Buffer.from("abc"));
-    fault = (req) => (req.url === "/odd/small.bin" ? { ignoreRange: true } : undefined);
+    fault = (req) => (req.url === "/odd/small.bin" ? { ignoreRange: true, chunked: true } : undefined);
     const folder = new HttpFolder(`${server.url}/odd/`, fastRetries());
     const small = await folder.open("small.bin");
     const bytes = new Uint8Array(4);
