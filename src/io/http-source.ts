@@ -17,7 +17,7 @@ export interface RemoteOptions extends HttpOptions {
   readonly connections?: number;
   /** The largest request adjacent reads are coalesced into. Default 16 MiB. */
   readonly maxRequestBytes?: number;
-  /** Bytes of reads a stream keeps in flight over these files (`ByteSource.readAhead`). Default 16 MiB. */
+  /** Bytes of reads a stream keeps in flight over these files (`ByteSource.readAhead`). Default 8 MiB. */
   readonly readAhead?: number;
 }
 
@@ -94,7 +94,7 @@ export class RemoteReader {
     this.headBytes = Math.min(MAX_HEAD, Math.max(8, options.headBytes ?? 128 * 1024));
     this.connections = Math.max(1, options.connections ?? 8);
     this.maxRequest = Math.max(1, options.maxRequestBytes ?? 16 * 1024 * 1024);
-    this.readAhead = Math.max(0, options.readAhead ?? 16 * 1024 * 1024);
+    this.readAhead = Math.max(0, options.readAhead ?? 8 * 1024 * 1024);
   }
 
   /**
