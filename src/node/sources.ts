@@ -49,7 +49,7 @@ export interface ResolvedSource {
  */
 export function resolveSource(spec: string, options: SourceOptions = {}): ResolvedSource {
   if (isRemoteSpec(spec)) {
-    // Over node:http unless the caller brings its own fetch: far less work per request and per byte.
+    // Over node:http unless the caller brings its own fetch: less work per request and per byte.
     const remote = remoteSource(spec, { fetch: nodeFetch, ...options.http });
     return { spec, display: remote.name, ...remote };
   }
