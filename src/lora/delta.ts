@@ -5,7 +5,9 @@ import { type TensorSource, buildTensor } from "../convert/stream.js";
 import { itemSize } from "../tensor/dtype.js";
 import { byteLength } from "../tensor/tensor.js";
 import { Scratch } from "../tensor/transfer.js";
+import { inArena } from "../tensor/wasm/kernels.js";
 import { type MergeDType, addDelta, matmulScaled } from "../tensor/wasm/matmul.js";
+import { type DeltaKernels, applyDeltaRange } from "./delta-range.js";
 
 /**
  * One weight matrix of the output that takes a LoRA delta: `rows × cols` contiguous elements from element
@@ -26,6 +28,32 @@ export interface DeltaRegion {
   readonly right: PlannedTensor;
 }
 
+/** One range of one region's elements for a helper: all buffers lie in the kernels' shared arena. */
+export interface DeltaJob {
+  /** Unique per region, so a helper can keep a region's factors between jobs. */
+  readonly region: number;
+  readonly left: Uint8Array;
+  readonly right: Uint8Array;
+  /** The weights of elements [g0, g1), in the chunk being written. */
+  readonly w: Uint8Array;
+  readonly g0: number;
+  readonly g1: number;
+  readonly cols: number;
+  readonly rank: number;
+  readonly scale: number;
+  readonly dtype: "BF16" | "F32";
+}
+
+/** Something that computes deltas while the main thread computes others: a thread on the second core. */
+export interface DeltaHelper {
+  run(jobs: readonly DeltaJob[]): Promise<void>;
+}
+
+const KERNELS: DeltaKernels = { matmul: matmulScaled, add: addDelta };
+
+/** Below this many elements a chunk's deltas are not worth handing half of to a helper. */
+const MIN_SHARED_ELEMENTS = 32 * 1024;
+
 /** Float32 deltas are computed this many elements at a time (256 KB: a core's L2 holds it with the factors). */
 const TILE_ELEMENTS = 64 * 1024;
 
@@ -37,6 +65,7 @@ const TILE_ELEMENTS = 64 * 1024;
 const MAX_CACHED_BYTES = 256 * 1024 * 1024;
 
 interface State {
+  readonly id: number;
   readonly region: DeltaRegion;
   /** Adapter tensors the region's factors are read from. */
   readonly sources: readonly string[];
@@ -60,23 +89,23 @@ export class DeltaApplier {
   private readonly scratch: Scratch;
   private tile: Uint8Array | undefined;
   private readonly views: TensorSource;
-  private remaining: number;
+  private remaining = 0;
 
   constructor(
     regions: readonly DeltaRegion[],
     private readonly source: TensorSource,
     private readonly pool: BufferPool,
+    private readonly helper?: DeltaHelper,
   ) {
     this.scratch = new Scratch(pool);
     for (const region of regions) {
       const sources = [...new Set([...region.left.pieces, ...region.right.pieces].map((p) => p.src))];
       for (const s of sources) this.refs.set(s, (this.refs.get(s) ?? 0) + 1);
       const list = this.byTensor.get(region.tensor) ?? [];
-      list.push({ region, sources, done: 0 });
+      list.push({ id: this.remaining++, region, sources, done: 0 });
       this.byTensor.set(region.tensor, list);
     }
     for (const list of this.byTensor.values()) list.sort((a, b) => a.region.offset - b.region.offset);
-    this.remaining = regions.length;
     this.views = {
       info: (name) => source.info(name),
       read: () => Promise.reject(new Error("internal: an adapter tensor was not read before its factors were built")),
@@ -89,8 +118,12 @@ export class DeltaApplier {
     return this.remaining;
   }
 
-  /** The stream's transform: add the deltas of every region part the chunk holds. */
+  /**
+   * The stream's transform: add the deltas of every region part the chunk holds. With a helper, half of a
+   * chunk's elements go to it and are computed at the same time as the other half.
+   */
   readonly transform = async (bytes: Uint8Array, spans: readonly ChunkSpan[]): Promise<void> => {
+    const jobs: { st: State; w: Uint8Array; g0: number; g1: number }[] = [];
     for (const span of spans) {
       const states = this.byTensor.get(span.tensor.name);
       if (!states) continue;
@@ -99,15 +132,41 @@ export class DeltaApplier {
       const e1 = e0 + span.byteLength / item;
       for (const st of states) {
         const r = st.region;
-        const size = r.rows * r.cols;
         const lo = Math.max(e0, r.offset);
-        const hi = Math.min(e1, r.offset + size);
+        const hi = Math.min(e1, r.offset + r.rows * r.cols);
         if (lo >= hi) continue;
         if (!st.left) await this.load(st);
-        this.apply(st, bytes.subarray(span.at + (lo - e0) * item, span.at + (hi - e0) * item), lo - r.offset, hi - r.offset, item);
-        st.done += hi - lo;
-        if (st.done === size) this.complete(st);
+        jobs.push({ st, w: bytes.subarray(span.at + (lo - e0) * item, span.at + (hi - e0) * item), g0: lo - r.offset, g1: hi - r.offset });
       }
+    }
+    if (jobs.length === 0) return;
+    const total = jobs.reduce((n, j) => n + j.g1 - j.g0, 0);
+    const shared = this.helper !== undefined && total >= MIN_SHARED_ELEMENTS && inArena(bytes.buffer);
+    const remote: DeltaJob[] = [];
+    let give = shared ? Math.floor(total / 2) : 0;
+    const local: typeof jobs = [];
+    for (const j of jobs) {
+      const { region: r } = j.st;
+      const n = j.g1 - j.g0;
+      const movable = r.dtype !== "F16" && inArena(j.st.left!.buffer) && inArena(j.st.right!.buffer);
+      if (give === 0 || !movable) {
+        local.push(j);
+        continue;
+      }
+      const item = itemSize(r.dtype);
+      const m = Math.min(give, n);
+      const dtype = r.dtype as "BF16" | "F32";
+      remote.push({ region: j.st.id, left: j.st.left!, right: j.st.right!, w: j.w.subarray(0, m * item), g0: j.g0, g1: j.g0 + m, cols: r.cols, rank: r.rank, scale: r.scale, dtype });
+      if (m < n) local.push({ st: j.st, w: j.w.subarray(m * item), g0: j.g0 + m, g1: j.g1 });
+      give -= m;
+    }
+    const helped = remote.length > 0 ? this.helper!.run(remote) : undefined;
+    helped?.catch(() => undefined);
+    for (const j of local) this.apply(j.st, j.w, j.g0, j.g1);
+    await helped;
+    for (const j of jobs) {
+      j.st.done += j.g1 - j.g0;
+      if (j.st.done === j.st.region.rows * j.st.region.cols) this.complete(j.st);
     }
   };
 
@@ -147,33 +206,10 @@ export class DeltaApplier {
   }
 
   /** Elements [g0, g1) of the region (row-major), whose weights are `w`. */
-  private apply(st: State, w: Uint8Array, g0: number, g1: number, item: number): void {
+  private apply(st: State, w: Uint8Array, g0: number, g1: number): void {
     const { cols, rank, scale, dtype } = st.region;
     const tile = (this.tile ??= this.pool.acquire(TILE_ELEMENTS * 4));
-    const left = st.left!;
-    const right = st.right!;
-    let g = g0;
-    let at = 0;
-    while (g < g1) {
-      const row = Math.floor(g / cols);
-      const c0 = g % cols;
-      let rows: number;
-      let c1: number;
-      if (c0 !== 0 || g1 - g < cols || cols > TILE_ELEMENTS) {
-        // Part of one row: where the chunk starts or ends mid-row, or a row wider than a tile.
-        rows = 1;
-        c1 = Math.min(cols, c0 + (g1 - g), c0 + TILE_ELEMENTS);
-      } else {
-        rows = Math.min(Math.floor((g1 - g) / cols), Math.max(1, Math.floor(TILE_ELEMENTS / cols)));
-        c1 = cols;
-      }
-      const width = c1 - c0;
-      const n = rows * width;
-      matmulScaled(left.subarray(row * rank * 4), rank, right.subarray(c0 * 4), cols, tile, width, rows, width, rank, scale);
-      addDelta(dtype, w.subarray(at * item, (at + n) * item), tile, n);
-      g += n;
-      at += n;
-    }
+    applyDeltaRange(KERNELS, st.left!, st.right!, tile, TILE_ELEMENTS, w, g0, g1, cols, rank, scale, dtype);
   }
 
   private complete(st: State): void {

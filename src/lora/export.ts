@@ -130,7 +130,7 @@ function expertGroups(set: LoraSet, modules: readonly LoraModule[]): Map<string,
  */
 function patternFor(entries: readonly { module: LoraModule; value: number }[], set: LoraSet, fused: boolean): [string, JsonValue][] {
   const out: [string, JsonValue][] = [];
-  const layers = new Map<string, { base: string; value: number; projs: Set<string>; experts: Map<string, Set<number>> }>();
+  const layers = new Map<string, { base: string; fusedKey: string; value: number; projs: Set<string>; experts: Map<string, Set<number>> }>();
   for (const { module: m, value } of entries) {
     if (!m.expert) {
       out.push([escapeRegex(m.name), jsonNumber(value)]);
@@ -138,7 +138,7 @@ function patternFor(entries: readonly { module: LoraModule; value: number }[], s
     }
     const base = expertsBase(m.expert.prefix, m.expert.layer);
     const id = `${base}\u0000${value}`;
-    const l = layers.get(id) ?? { base, value, projs: new Set(), experts: new Map() };
+    const l = layers.get(id) ?? { base, fusedKey: fusedExperts(m.expert.layer), value, projs: new Set(), experts: new Map() };
     layers.set(id, l);
     l.projs.add(m.expert.proj);
     const ex = l.experts.get(m.expert.proj) ?? new Set();
@@ -150,13 +150,22 @@ function patternFor(entries: readonly { module: LoraModule; value: number }[], s
     const projs = [...l.projs].sort().reverse(); // up_proj before down_proj
     const every = projs.every((p) => l.experts.get(p)!.size === E);
     const projPattern = projs.length === 1 ? projs[0]! : `(?:${projs.join("|")})`;
-    if (fused) out.push([`${escapeRegex(l.base)}\\.${projPattern}`, jsonNumber(l.value)]);
+    if (fused) out.push([`${escapeRegex(l.fusedKey)}\\.${projPattern}`, jsonNumber(l.value)]);
     else if (every) out.push([`${escapeRegex(l.base)}\\.\\d+\\.${projPattern}`, jsonNumber(l.value)]);
     else {
       for (const p of projs) for (const e of [...l.experts.get(p)!].sort((a, b) => a - b)) out.push([escapeRegex(`${l.base}.${e}.${p}`), jsonNumber(l.value)]);
     }
   }
   return out.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+}
+
+/**
+ * The fused experts of a layer as `target_parameters` and `rank_pattern` name them: from `layers.` on, a
+ * suffix PEFT matches at a dot. The release's own code calls the language model `language_model.backbone.`
+ * and transformers 5, whose fused experts this form is for, `model.`; the suffix is the same in both.
+ */
+function fusedExperts(layer: string): string {
+  return expertsBase("", layer);
 }
 
 function strings(list: Iterable<string>): JsonValue[] {
@@ -188,12 +197,19 @@ function planToHf(set: LoraSet, experts: ExpertExport): ExportPlan {
     for (const m of routed) for (const [half, ab] of halves) tensors.push(renamed(m[ab], keyOf(m.name, half)));
     written.push(...routed);
   } else if (experts === "fused") {
+    const mtp = routed.find((m) => /(^|\.)mtp\.$/.test(m.expert!.prefix));
+    if (mtp) {
+      throw new InputError(
+        `${set.adapter.weights.name}: tensor ${JSON.stringify(mtp.keys[0])}: is LoRA on the routed experts of an MTP layer, which have no fused form ` +
+          "(transformers 5 does not build the MTP layers); export with --experts per-expert",
+      );
+    }
     for (const g of expertGroups(set, routed).values()) {
       for (const [half, ab] of halves) {
         const t = perExpertLoraToFused(g.prefix, g.layer, g.proj, half, g.list.map((m) => m[ab]));
         tensors.push(renamed(t, PEFT_PREFIX + t.name));
       }
-      targetParameters.push(`${expertsBase(g.prefix, g.layer)}.${g.proj}`);
+      targetParameters.push(`${fusedExperts(g.layer)}.${g.proj}`);
     }
     written.push(...routed);
   } else if (routed.length > 0) {

@@ -20,7 +20,7 @@ import { byteLength, sameShape } from "../tensor/tensor.js";
 import { transpose } from "../tensor/view.js";
 import type { MergeDType } from "../tensor/wasm/matmul.js";
 import { baseModel } from "./base.js";
-import { DeltaApplier, type DeltaRegion } from "./delta.js";
+import { DeltaApplier, type DeltaHelper, type DeltaRegion } from "./delta.js";
 import { fileSource } from "./export-files.js";
 import { type AdapterFolder, openAdapter } from "./files.js";
 import { type LoraModule, type LoraSet, readLora } from "./read.js";
@@ -202,6 +202,8 @@ export async function prepareMerge(base: Checkpoint, adapter: AdapterFolder, opt
 
 export interface MergeWriteOptions {
   readonly signal?: AbortSignal;
+  /** Computes half of each chunk's deltas at the same time (a thread on another core). */
+  readonly helper?: DeltaHelper;
   readonly onPlan?: (prepared: PreparedMerge) => void;
   readonly onProgress?: (bytes: number, tensors: number) => void;
 }
@@ -212,7 +214,7 @@ export async function writeMerge(prepared: PreparedMerge, out: OutputStore, opti
   options.onPlan?.(prepared);
   const pool = new BufferPool();
   const adapterSource = fileSource(set.adapter.weights);
-  const applier = new DeltaApplier(regions, adapterSource, pool);
+  const applier = new DeltaApplier(regions, adapterSource, pool, options.helper);
   const writer = await ShardedWriter.fromPlans(out, shards);
   try {
     let bytesDone = 0;

@@ -388,12 +388,11 @@
 
   ;; n bfloat16 weights (any 2-byte alignment) += n float32 deltas: w ← bf16(f32(w) + f32(bf16(d))), eight at
   ;; a time. Rounding to bfloat16 is done on float32 bit patterns (add 0x7fff plus the lowest kept bit; the
-  ;; high half is the result), NaNs replaced by 0x7fc0; written out in place, as V8 does not inline calls
-  ;; that take vectors.
+  ;; high half is the result). A NaN (in a delta or a sum) sends its eight elements to the scalar path,
+  ;; which gives it PyTorch's 0x7fc0; finite values and infinities round right as they are.
   (func (export "lora_add_bf16") (param $w i32) (param $d i32) (param $n i32)
-    (local $end i32) (local $y i32) (local $wv v128) (local $lo v128) (local $hi v128) (local $zero v128)
-    (local $nan v128) (local $half v128) (local $one v128) (local $high v128)
-    (local.set $nan (i32x4.splat (i32.const 0x7fc00000)))
+    (local $end i32) (local $y i32) (local $k i32) (local $wv v128) (local $lo v128) (local $hi v128)
+    (local $dlo v128) (local $dhi v128) (local $half v128) (local $one v128) (local $high v128)
     (local.set $half (i32x4.splat (i32.const 0x7fff)))
     (local.set $one (i32x4.splat (i32.const 1)))
     (local.set $high (i32x4.splat (i32.const 0xffff0000)))
@@ -401,34 +400,44 @@
     (block $vectors_done (loop $each_vector
       (br_if $vectors_done (i32.gt_u (i32.add (local.get $d) (i32.const 32)) (local.get $end)))
       (local.set $wv (v128.load (local.get $w)))
-      (local.set $lo (v128.load (local.get $d)))
-      (local.set $hi (v128.load offset=16 (local.get $d)))
+      (local.set $dlo (v128.load (local.get $d)))
+      (local.set $dhi (v128.load offset=16 (local.get $d)))
       ;; Each delta rounded to bfloat16 (as float32), plus its weight widened to float32.
       (local.set $lo
         (f32x4.add
-          (i8x16.shuffle 0 0 16 17 0 0 18 19 0 0 20 21 0 0 22 23 (local.get $zero) (local.get $wv))
-          (v128.bitselect (local.get $nan)
-            (v128.and (i32x4.add (i32x4.add (local.get $lo) (local.get $half))
-              (v128.and (i32x4.shr_u (local.get $lo) (i32.const 16)) (local.get $one))) (local.get $high))
-            (f32x4.ne (local.get $lo) (local.get $lo)))))
+          (i32x4.shl (i32x4.extend_low_i16x8_u (local.get $wv)) (i32.const 16))
+          (v128.and (i32x4.add (i32x4.add (local.get $dlo) (local.get $half))
+            (v128.and (i32x4.shr_u (local.get $dlo) (i32.const 16)) (local.get $one))) (local.get $high))))
       (local.set $hi
         (f32x4.add
-          (i8x16.shuffle 0 0 24 25 0 0 26 27 0 0 28 29 0 0 30 31 (local.get $zero) (local.get $wv))
-          (v128.bitselect (local.get $nan)
-            (v128.and (i32x4.add (i32x4.add (local.get $hi) (local.get $half))
-              (v128.and (i32x4.shr_u (local.get $hi) (i32.const 16)) (local.get $one))) (local.get $high))
-            (f32x4.ne (local.get $hi) (local.get $hi)))))
+          (i32x4.shl (i32x4.extend_high_i16x8_u (local.get $wv)) (i32.const 16))
+          (v128.and (i32x4.add (i32x4.add (local.get $dhi) (local.get $half))
+            (v128.and (i32x4.shr_u (local.get $dhi) (i32.const 16)) (local.get $one))) (local.get $high))))
+      (if (v128.any_true (v128.or
+            (v128.or (f32x4.ne (local.get $dlo) (local.get $dlo)) (f32x4.ne (local.get $dhi) (local.get $dhi)))
+            (v128.or (f32x4.ne (local.get $lo) (local.get $lo)) (f32x4.ne (local.get $hi) (local.get $hi)))))
+        (then
+          ;; Rare: a NaN somewhere in these eight; the scalar path does them.
+          (local.set $k (i32.const 0))
+          (block $eight_done (loop $each_of_eight
+            (br_if $eight_done (i32.ge_u (local.get $k) (i32.const 8)))
+            (local.set $y
+              (i32.reinterpret_f32 (f32.add
+                (f32.reinterpret_i32 (i32.shl (i32.load16_u (local.get $w)) (i32.const 16)))
+                (f32.reinterpret_i32 (i32.shl (call $lora_bf16 (i32.load (local.get $d))) (i32.const 16))))))
+            (i32.store16 (local.get $w) (call $lora_bf16 (local.get $y)))
+            (local.set $w (i32.add (local.get $w) (i32.const 2)))
+            (local.set $d (i32.add (local.get $d) (i32.const 4)))
+            (local.set $k (i32.add (local.get $k) (i32.const 1)))
+            (br $each_of_eight)))
+          (br $each_vector)))
       ;; The sums rounded to bfloat16: the high halves of the rounded bit patterns.
       (v128.store (local.get $w)
-        (i8x16.shuffle 2 3 6 7 10 11 14 15 18 19 22 23 26 27 30 31
-          (v128.bitselect (local.get $nan)
-            (i32x4.add (i32x4.add (local.get $lo) (local.get $half))
-              (v128.and (i32x4.shr_u (local.get $lo) (i32.const 16)) (local.get $one)))
-            (f32x4.ne (local.get $lo) (local.get $lo)))
-          (v128.bitselect (local.get $nan)
-            (i32x4.add (i32x4.add (local.get $hi) (local.get $half))
-              (v128.and (i32x4.shr_u (local.get $hi) (i32.const 16)) (local.get $one)))
-            (f32x4.ne (local.get $hi) (local.get $hi)))))
+        (i16x8.narrow_i32x4_u
+          (i32x4.shr_u (i32x4.add (i32x4.add (local.get $lo) (local.get $half))
+            (v128.and (i32x4.shr_u (local.get $lo) (i32.const 16)) (local.get $one))) (i32.const 16))
+          (i32x4.shr_u (i32x4.add (i32x4.add (local.get $hi) (local.get $half))
+            (v128.and (i32x4.shr_u (local.get $hi) (i32.const 16)) (local.get $one))) (i32.const 16))))
       (local.set $w (i32.add (local.get $w) (i32.const 16)))
       (local.set $d (i32.add (local.get $d) (i32.const 32)))
       (br $each_vector)))
