@@ -1,4 +1,4 @@
-import { type LoraHalf, expertsBase, groupedLoraKey } from "../adapters/expert-keys.js";
+import { type LoraHalf, expertModuleKey, expertsBase, groupedLoraKey } from "../adapters/expert-keys.js";
 import { perExpertLoraToFused } from "../adapters/experts-lora.js";
 import { stackTransposed } from "../adapters/experts.js";
 import { type PlannedTensor, inputTensor, renamed } from "../adapters/plan.js";
@@ -116,7 +116,8 @@ function expertGroups(set: LoraSet, modules: readonly LoraModule[]): Map<string,
       const missing = Array.from({ length: E }, (_, i) => i).filter((i) => !have.has(i));
       throw new InputError(
         `${set.adapter.weights.name}: ${expertsBase(g.prefix, g.layer)}.*.${g.proj} has LoRA for ${g.list.length} of ${E} experts ` +
-          `(missing ${missing.slice(0, 5).join(", ")}${missing.length > 5 ? ", …" : ""}); the grouped form needs every expert`,
+          `(none for expert${missing.length === 1 ? "" : "s"} ${missing.slice(0, 5).join(", ")}${missing.length > 5 ? ", …" : ""}: no ${PEFT_PREFIX}${expertModuleKey(g.prefix, g.layer, missing[0]!, g.proj)}.lora_A.weight); ` +
+          "Automodel's grouped form needs every expert",
       );
     }
   }

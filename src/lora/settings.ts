@@ -58,14 +58,14 @@ function patternOf(json: JsonObject, key: string, file: string, integer: boolean
 export function parseLoraSettings(json: JsonObject, file: string): LoraSettings {
   const peftType = json.get("peft_type");
   if (peftType !== undefined && peftType !== "LORA") {
-    throw new FormatError(file, `peft_type is ${describeJson(peftType)}${typeof peftType === "string" ? ` (${peftType})` : ""}; only LoRA adapters (peft_type "LORA") can be exported or merged`);
+    throw new FormatError(file, `peft_type is ${typeof peftType === "string" ? JSON.stringify(peftType) : describeJson(peftType)}; only LoRA adapters (peft_type "LORA") can be exported or merged`);
   }
   if (json.get("use_dora") === true) {
     throw new FormatError(file, "use_dora is true: DoRA adapters are not supported (their magnitude vectors rescale the merged weight; it is not a LoRA delta)");
   }
   const bias = json.get("bias");
   if (bias !== undefined && bias !== null && bias !== "none") {
-    throw new FormatError(file, `bias is ${describeJson(bias)}${typeof bias === "string" ? ` (${JSON.stringify(bias)})` : ""}: adapters that train biases are not supported, only bias "none"`);
+    throw new FormatError(file, `bias is ${typeof bias === "string" ? JSON.stringify(bias) : describeJson(bias)}: adapters that train biases are not supported, only bias "none"`);
   }
   if (json.get("fan_in_fan_out") === true) {
     throw new FormatError(file, "fan_in_fan_out is true: that is for GPT-2 style Conv1D weights, which this model does not have");
