@@ -69,6 +69,23 @@ export interface BaseModel {
 }
 
 const TOP_LEVEL_OMNI = /^(language_model|vision_model|vision_projector|mlp1|sound_encoder|sound_projection)\./;
+
+/** Where a model's modules live, by layout: a module anywhere else is no module of this model. */
+const MODEL_PARTS: Readonly<Record<"omni" | "nemotron_h", Readonly<Record<"automodel" | "hf", RegExp>>>> = {
+  omni: {
+    automodel: /^(language_model|vision_model|vision_projector|sound_encoder|sound_projection)\./,
+    hf: /^(language_model|vision_model|mlp1|sound_encoder|sound_projection)\./,
+  },
+  nemotron_h: { automodel: /^(model|mtp)\.|^lm_head$/, hf: /^(backbone|mtp)\.|^lm_head$/ },
+};
+
+const PART_NAMES: Readonly<Record<"omni" | "nemotron_h", Readonly<Record<"automodel" | "hf", string>>>> = {
+  omni: {
+    automodel: "language_model., vision_model., vision_projector., sound_encoder. and sound_projection.",
+    hf: "language_model., vision_model., mlp1., sound_encoder. and sound_projection.",
+  },
+  nemotron_h: { automodel: "model., mtp. and lm_head", hf: "backbone., mtp. and lm_head" },
+};
 const MERGEABLE = new Set(["BF16", "F16", "F32"]);
 
 interface Half {
@@ -140,6 +157,11 @@ export function readLora(adapter: AdapterFolder, base?: BaseModel): LoraSet {
     fail(key, "is fused ParamWrapper expert LoRA, which folds the experts into its rows: give the base model so their number and widths come from its config");
   }
   const config = base?.config ?? derivedConfig(stripped, infos, grouped, perExpert);
+  const inModel = (key: string, module: string): void => {
+    if (!MODEL_PARTS[config.kind][source].test(module)) {
+      fail(key, `no rule places it: ${module} is no module of the ${config.kind === "omni" ? "Omni model" : "NemotronH model"}, whose ${source === "automodel" ? "native" : "HF"} names start with ${PART_NAMES[config.kind][source]}`);
+    }
+  };
   const names = new ModuleNames(rulesFor(config));
   const nExperts = config.llm.nRoutedExperts;
   const needExperts = (key: string): number => {
@@ -175,6 +197,7 @@ export function readLora(adapter: AdapterFolder, base?: BaseModel): LoraSet {
   const modules: LoraModule[] = [];
   for (const [module, m] of dense) {
     const [a, b] = pair(m, module);
+    inModel(a, module);
     const rank = matrixRank(a, b);
     const name = source === "automodel" ? names.moduleToHf(module) : module;
     if (name === undefined) fail(a, `no rule names its module ${module} in the HF layout`);
@@ -296,6 +319,7 @@ export function readLora(adapter: AdapterFolder, base?: BaseModel): LoraSet {
     const weight = source === "automodel" ? names.weightToHf(k) : k;
     const at = k.lastIndexOf(".");
     const module = at < 0 ? k : k.slice(0, at);
+    inModel(key, module);
     if (!savesModule(settings, module)) {
       fail(key, `no rule places it: it is not LoRA, and ${settings.file} lists no modules_to_save entry for its module ${module}`);
     }

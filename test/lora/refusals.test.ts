@@ -123,6 +123,14 @@ describe("refusals, each naming the key or file", () => {
       `${T("language_model.model.layers.0.mixer.in_proj.lora_A.weight")}does not start with "base_model.model.", so no rule places it (PEFT and Automodel save every adapter key under that prefix)`,
     );
     await refused(
+      exportError(variant({ tensors: (t) => {
+        t.set(`${PEFT}text_encoder.fc.lora_A.weight`, zeros([4, 8]));
+        t.set(`${PEFT}text_encoder.fc.lora_B.weight`, zeros([8, 4]));
+      } })),
+      FormatError,
+      `${T(`${PEFT}text_encoder.fc.lora_A.weight`)}no rule places it: text_encoder.fc is no module of the Omni model, whose native names start with language_model., vision_model., vision_projector., sound_encoder. and sound_projection.`,
+    );
+    await refused(
       exportError(variant({ tensors: (t) => t.set(`${PEFT}language_model.lm_head.weight`, zeros([64, 16])) })),
       FormatError,
       `${T(`${PEFT}language_model.lm_head.weight`)}no rule places it: it is not LoRA, and ${C} lists no modules_to_save entry for its module language_model.lm_head`,
