@@ -219,7 +219,12 @@ export function readLora(adapter: AdapterFolder, base?: BaseModel): LoraSet {
       if (b === undefined) fail(a!, `has no matching ${bName}: a LoRA pair needs both halves`);
       const ia = info(a!);
       const ib = info(b!);
-      for (const [k, i] of [[a!, ia], [b!, ib]] as const) if (i.shape.length !== 3) fail(k, `is ${formatShape(i.shape)}; grouped expert LoRA must be 3-d [E, …, …]`);
+      for (const [k, i] of [[a!, ia], [b!, ib]] as const) {
+        if (i.shape.length !== 3) fail(k, `is ${formatShape(i.shape)}; grouped expert LoRA must be 3-d [E, …, …]`);
+        if (i.shape[0] !== E) {
+          fail(k, `${formatShape(i.shape)} holds ${i.shape[0]} experts, but ${base ? `${base.where}'s config has` : "the model has"} n_routed_experts ${E} (an adapter for a different model?)`);
+        }
+      }
       const rank = ia.shape[2]!;
       if (ib.shape[1] !== rank) fail(b!, `${formatShape(ib.shape)} has rank ${ib.shape[1]}, but ${JSON.stringify(a)} ${formatShape(ia.shape)} has rank ${rank}`);
       if (rank === 0) fail(a!, "has rank 0");

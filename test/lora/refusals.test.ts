@@ -204,7 +204,11 @@ describe("refusals, each naming the key or file", () => {
         t.set(`${LM}.1.mixer.experts.${k}`, zeros([8, x.shape[1]!, x.shape[2]!]));
       }
     } });
-    await refused(mergeError(eightExperts), InputError, `${W}: "${LM}.1.mixer.experts.lora_gate_and_up_A": holds 8 experts on axis 0 but the config has 4`);
+    await refused(
+      mergeError(eightExperts),
+      FormatError,
+      `${T(`${LM}.1.mixer.experts.lora_gate_and_up_A`)}[8, 16, 2] holds 8 experts, but ${BASE}'s config has n_routed_experts 4 (an adapter for a different model?)`,
+    );
   });
 
   it("a quantized base, and a base that is not the HF release", async () => {
