@@ -162,7 +162,13 @@ export class DeltaApplier {
     }
     const helped = remote.length > 0 ? this.helper!.run(remote) : undefined;
     helped?.catch(() => undefined);
-    for (const j of local) this.apply(j.st, j.w, j.g0, j.g1);
+    try {
+      for (const j of local) this.apply(j.st, j.w, j.g0, j.g1);
+    } catch (e) {
+      // The helper writes into this chunk: it must be done before the chunk's memory can go back.
+      await helped?.catch(() => undefined);
+      throw e;
+    }
     await helped;
     for (const j of jobs) {
       j.st.done += j.g1 - j.g0;
