@@ -254,6 +254,46 @@ describe("synthetic Automodel adapters on the small base", () => {
   });
 });
 
+describe("a float32 base", () => {
+  it("takes its deltas in float32, within float32 summation error of the float64 reference, in both layouts", async () => {
+    const out = new MemoryOutput("tiny-f32");
+    await writeSynth(planSynth({ preset: "tiny", seed: 8, dtype: "F32" }), out);
+    const f32Base = new MemoryFolder(out.files, "tiny-f32");
+    const tensors = new Map<string, Tensor>();
+    for (const [rel, bytes] of out.files) if (rel.endsWith(".safetensors")) for (const [k, t] of tensorsOf(bytes)) tensors.set(k, t);
+    const a = automodelAdapter(new Map([...tensors].map(([k, t]) => [k, t.shape])), { rank: 4, expertRank: 2, alpha: 8, seed: 21, dtype: "F32" });
+    const merged = new MemoryOutput("merged");
+    await mergeFolders(f32Base, new MemoryFolder(a.files, "adapter"), merged, {});
+    const got = tensorsOf(merged.files.get("model.safetensors")!);
+    const m = a.modules.find((x) => x.hf === "language_model.backbone.layers.0.mixer.in_proj")!;
+    const av = values(a.tensors.get(`${PEFT}${m.native}.lora_A.weight`)!);
+    const bv = values(a.tensors.get(`${PEFT}${m.native}.lora_B.weight`)!);
+    const w = tensors.get(`${m.hf}.weight`)!;
+    const inn = w.shape[1]!;
+    const ref = referenceMerge(w, (k, j) => av[k * inn + j]!, (i, k) => bv[i * 4 + k]!, 4, 2);
+    const bits = elementBits(got.get(`${m.hf}.weight`)!);
+    expect(got.get(`${m.hf}.weight`)!.dtype).toBe("F32");
+    // No rounding to bfloat16 hides the float32 product's last bit here, so the summation order shows in a
+    // few elements, by an ulp or two of the sum where the delta outweighs W (a 1-ulp bound holds for bf16 W).
+    let differ = 0;
+    let worst = 0;
+    bits.forEach((b, i) => {
+      if (b !== ref[i]) differ++;
+      worst = Math.max(worst, ulps(b, ref[i]!, "F32"));
+    });
+    expect(worst).toBeLessThanOrEqual(3);
+    expect(differ / bits.length).toBeLessThan(0.05);
+    // The native layout keeps the experts in float32, as merged, rather than casting them after the merge.
+    const native = new MemoryOutput("native");
+    await mergeFolders(f32Base, new MemoryFolder(a.files, "adapter"), native, { to: "native" });
+    const nt = tensorsOf(native.files.get("model.safetensors")!);
+    expect(nt.get("language_model.model.layers.1.mixer.experts.gate_and_up_projs")!.dtype).toBe("F32");
+    const converted = new MemoryOutput("converted");
+    await convertFolder(new MemoryFolder(merged.files, "merged"), converted, { to: "native", dtype: "f32" });
+    expect(compareTensors(nt, tensorsOf(converted.files.get("model.safetensors")!))).toEqual([]);
+  });
+});
+
 describe("PEFT adapters on the HF release: rsLoRA, alpha_pattern, modules_to_save", () => {
   /** The per-expert export of the synthetic adapter, with its config changed and tensors added. */
   async function hfAdapter(change: (config: Record<string, unknown>) => void, extra: [string, Tensor][] = []): Promise<MemoryFolder> {
