@@ -43,7 +43,8 @@ function fill(bytes: Uint8Array, seed: number): void {
 
 /** Write the bench adapter for the checkpoint in `base` (once; cached beside it). */
 export function benchAdapter(base: string): string {
-  const dir = path.join(cacheRoot, `bench-lora-r${RANK}-v1`);
+  // Keyed by the checkpoint it is for (its name carries the synth version).
+  const dir = path.join(cacheRoot, `${path.basename(base)}-lora-r${RANK}`);
   if (fs.existsSync(path.join(dir, "adapter_config.json"))) return dir;
   process.stderr.write(`making the rank-${RANK} bench adapter in ${dir} (once; cached)…\n`);
   fs.rmSync(dir, { recursive: true, force: true });

@@ -68,7 +68,7 @@ function baseModules(): string[] {
 }
 
 beforeAll(async () => {
-  const plan = planSynth({ preset: "small", seed: 3, maxShardSize: 400_000 });
+  const plan = planSynth({ preset: "small", seed: 3, maxShardSize: 400_000, mtp: true });
   const out = new MemoryOutput("small");
   await writeSynth(plan, out);
   baseFolder = new MemoryFolder(out.files, "small");
@@ -226,8 +226,10 @@ describe("synthetic Automodel adapters on the small base", () => {
         }
       });
     }
-    expect(adapted.size).toBeGreaterThan(100);
-    expect(elements).toBeGreaterThan(200_000);
+    const expertLayers = adapter.modules.filter((m) => m.kind === "experts").length;
+    expect(expertLayers).toBeGreaterThan(1);
+    expect(adapted.size).toBe(adapter.modules.length - expertLayers + expertLayers * expertCount() * 2);
+    expect(elements).toBeGreaterThan(100_000);
     expect(differ).toBeLessThanOrEqual(Math.max(1, Math.floor(elements / 10_000)));
   });
 
