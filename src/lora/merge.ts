@@ -5,7 +5,7 @@ import { BufferPool } from "../convert/buffer-pool.js";
 import { checkpointSource } from "../convert/checkpoint-source.js";
 import { checkShardSize } from "../convert/convert.js";
 import type { Layout } from "../convert/layout.js";
-import { planConversion, planInput } from "../convert/planner.js";
+import { loadPlanInput, planConversion } from "../convert/planner.js";
 import { type TensorSource, streamTensors } from "../convert/stream.js";
 import { ConversionError, InputError } from "../errors.js";
 import type { Folder } from "../io/folder.js";
@@ -167,7 +167,8 @@ export async function prepareMerge(base: Checkpoint, adapter: AdapterFolder, opt
     if (name.startsWith(ADAPTER_TENSOR)) throw new InputError(`${base.where}: tensor ${JSON.stringify(name)} has a name omni-ckpt reserves for the adapter's tensors`);
   }
   const config = await base.readConfig(signal);
-  const model = baseModel(base, config);
+  const input = await loadPlanInput(base, signal);
+  const model = baseModel(base, config, input.hfQuantConfig);
   const set = readLora(adapter, model);
   const to = options.to ?? "hf";
   const warnings = [...set.warnings];
@@ -176,7 +177,7 @@ export async function prepareMerge(base: Checkpoint, adapter: AdapterFolder, opt
   if (to === "hf") tensors = [...base.tensors.values()].map((t) => inputTensor(t.name, t));
   else {
     const dtype = expertDType(base);
-    const plan = planConversion(planInput(base), config, { to: "native", ...(dtype !== undefined ? { dtype } : {}) });
+    const plan = planConversion(input, config, { to: "native", ...(dtype !== undefined ? { dtype } : {}) });
     tensors = [...plan.tensors];
     warnings.push(...plan.warnings.map((w) => w.message));
   }

@@ -13,6 +13,8 @@ import { serialize } from "../../src/safetensors/encode.js";
 import { SafetensorsFile } from "../../src/safetensors/file.js";
 import type { Tensor } from "../../src/tensor/tensor.js";
 import { loraDir } from "../helpers/fixtures.js";
+import { planSynth } from "../../src/synth/layout.js";
+import { quantizeSynthPlan, writeQuantSynth } from "../../src/synth/quantize.js";
 import { PEFT } from "../helpers/lora.js";
 
 /* Every way an adapter or a base is refused, each with its exact message, naming the key or file. */
@@ -215,16 +217,15 @@ describe("refusals, each naming the key or file", () => {
     await refused(
       mergeError(adapterDir(), baseVariant({ config: (c) => { c["quantization_config"] = { quant_method: "modelopt", quant_algo: "FP8" }; } })),
       InputError,
-      `base: is a quantized checkpoint (it has quantization_config in config.json (quant_method "modelopt")); a LoRA delta cannot be added to quantized weights: merge into the BF16 release`,
+      "base: is quantized (no quantized weight; config.json quantization_config say so); a LoRA delta cannot be added to quantized weights: merge into the BF16 release",
     );
-    await refused(
-      mergeError(adapterDir(), baseVariant({ tensors: (t) => {
-        const x = t.get("language_model.backbone.layers.0.mixer.in_proj.weight")!;
-        t.set("language_model.backbone.layers.0.mixer.in_proj.weight", { dtype: "F8_E4M3", shape: x.shape, data: new Uint8Array(x.data.length / 2) });
-      } })),
-      InputError,
-      `base: is a quantized checkpoint ("language_model.backbone.layers.0.mixer.in_proj.weight" is F8_E4M3); a LoRA delta cannot be added to quantized weights: merge into the BF16 release`,
-    );
+    for (const quant of ["fp8", "fp8-block", "nvfp4"] as const) {
+      const out = new MemoryOutput(quant);
+      await writeQuantSynth(quantizeSynthPlan(planSynth({ preset: "tiny" }), quant), out);
+      const e = await mergeError(adapterDir(), new MemoryFolder(out.files, quant));
+      expect(e).toBeInstanceOf(InputError);
+      expect(e.message, quant).toMatch(new RegExp(`^${quant}: is quantized \\((ModelOpt FP8|block FP8|NVFP4): .*\\); a LoRA delta cannot be added to quantized weights: merge into the BF16 release$`));
+    }
     const native = path.join(loraDir, "../oracle/tiny-roundtrip-to-hf/input");
     await refused(
       mergeError(adapterDir(), new LocalFolder(native)),
