@@ -5,6 +5,7 @@ import * as path from "node:path";
 import { synthesize } from "../src/node/synth.js";
 import { dequantizeSection } from "./dequantize.js";
 import { httpSection } from "./http.js";
+import { loraSection } from "./lora.js";
 import {
   type Sample,
   bigRounds,
@@ -144,6 +145,7 @@ const SECTIONS: readonly (readonly [string, () => Promise<string>])[] = [
   ["inspect", inspectSection],
   ["dequantize", dequantizeSection],
   ["http", httpSection],
+  ["lora", loraSection],
 ];
 
 async function main(): Promise<void> {

@@ -46,6 +46,12 @@ export { SYNTH_QUANTS, type SynthQuant } from "./synth/quant-kinds.js";
 export { detectQuantization, summarizeQuantization, SCHEME_NAMES, type Quantization, type QuantScheme, type QuantSummary } from "./quant/detect.js";
 export { dequantizeToBf16 } from "./quant/dequantize.js";
 export { RELEASE_BUFFERS, type BaseAudit } from "./convert/base.js";
+export { openAdapter, type AdapterFolder, ADAPTER_WEIGHTS, ADAPTER_CONFIG, AUTOMODEL_CONFIG } from "./lora/files.js";
+export { readLora, type LoraSet, type LoraModule, type BaseModel } from "./lora/read.js";
+export { planExport, type ExportOptions, type ExportPlan, type ExpertExport } from "./lora/export.js";
+export { exportAdapterFolder, prepareExport, writeExport, type PreparedExport } from "./lora/export-files.js";
+export { mergeFolders, prepareMerge, writeMerge, type MergeOptions, type MergeSummary, type PreparedMerge } from "./lora/merge.js";
+export { baseModel, quantizationOf } from "./lora/base.js";
 
 export {
   OmniCkptError,

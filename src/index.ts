@@ -16,3 +16,4 @@ export { hubCacheDir, parseRepoId, cachedSnapshot, type RepoRef } from "./node/h
 export { convertCheckpoint, type ConvertRequest, type ConvertSummary } from "./node/convert.js";
 export { inspectCheckpoint, verifyCheckpoint, diffCheckpoints, sha256, type DiffOptions } from "./node/checks.js";
 export { synthesize, type SynthRequest } from "./node/synth.js";
+export { exportLoraAdapter, mergeLoraAdapter, type LoraExportRequest, type LoraExportSummary, type LoraMergeRequest, type LoraMergeSummary } from "./node/lora.js";

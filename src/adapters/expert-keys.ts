@@ -84,6 +84,21 @@ export function expertLoraKey(prefix: string, layer: string, expert: number, pro
   return `${expertsBase(prefix, layer)}.${expert}.${proj}.${half}.weight`;
 }
 
+/** `<prefix>layers.<L>.mixer.experts.<e>.<proj>`: the module of one expert's projection (a PEFT target). */
+export function expertModuleKey(prefix: string, layer: string, expert: number, proj: ExpertProj): string {
+  return `${expertsBase(prefix, layer)}.${expert}.${proj}`;
+}
+
+/** `<prefix>layers.<L>.mixer.experts.<lora>`: a grouped native LoRA tensor. */
+export function groupedLoraKey(prefix: string, layer: string, lora: GroupedLora): string {
+  return `${expertsBase(prefix, layer)}.${lora}`;
+}
+
+/** `<prefix>layers.<L>.mixer.experts.{base_layer.}lora_{A,B}.weight`: PEFT ParamWrapper LoRA. */
+export function paramWrapperKey(prefix: string, layer: string, part: ParamWrapperPart): string {
+  return `${expertsBase(prefix, layer)}.${part}`;
+}
+
 /** Which layout a key's expert form belongs to: per-expert and ParamWrapper are HF, grouped is native. */
 export function expertKeyLayout(k: ExpertKey): "hf" | "native" {
   return k.kind === "grouped" || k.kind === "grouped-lora" ? "native" : "hf";

@@ -1,8 +1,8 @@
 import { ConversionError } from "../errors.js";
 import { formatShape } from "../tensor/tensor.js";
-import { type View, contiguous, permute, reshape, transpose } from "../tensor/view.js";
-import { type ExpertProj, type GroupedLora, type LoraHalf, expertLoraKey, expertsBase, parseExpertKey } from "./expert-keys.js";
-import { type ExpertRules, gatedHalves, perExpert, put, requireMatrix, stackGated, stackTransposed } from "./experts.js";
+import { type View, contiguous, permute, reshape, select, slice, transpose } from "../tensor/view.js";
+import { type ExpertProj, type GroupedLora, type LoraHalf, type ParamWrapperPart, expertLoraKey, expertsBase, paramWrapperKey, parseExpertKey } from "./expert-keys.js";
+import { type ExpertRules, gatedHalves, perExpert, put, requireMatrix, requireUniform, stackGated, stackTransposed } from "./experts.js";
 import { type Diagnostics, type PlanDict, type PlannedTensor, assemble, viewOf } from "./plan.js";
 
 /**
@@ -175,4 +175,59 @@ export function loraToPerExpert(prefix: string, layer: string, t: PlannedTensor,
     }
   });
   return out;
+}
+
+/*
+ * PEFT ≥ 0.19.1's ParamWrapper layout (SPEC §8), the one PEFT loads onto transformers 5's NemotronH, whose
+ * experts are fused 3-D parameters `…experts.up_proj` (E, I, H) and `…experts.down_proj` (E, H, I). It is
+ * not the layout above that the reference's `to_hf` writes (SPEC §2 step 7), which PEFT ≥ 0.19 refuses:
+ * here down_proj is the outer wrapper (`…experts.lora_{A,B}.weight`), up_proj the inner one
+ * (`…experts.base_layer.lora_{A,B}.weight`), each `lora_A` is (E·r, in) with row e·r + j holding row j of
+ * expert e's A, and each `lora_B` is (out, r·E) with column j·E + e holding column j of expert e's B.
+ */
+
+/** The projection a fused ParamWrapper LoRA tensor belongs to, and which half it is. */
+export function fusedLoraPart(part: ParamWrapperPart): { proj: "up_proj" | "down_proj"; half: LoraHalf } {
+  return {
+    proj: part.startsWith("base_layer.") ? "up_proj" : "down_proj",
+    half: part.endsWith("lora_A.weight") ? "lora_A" : "lora_B",
+  };
+}
+
+/**
+ * A fused ParamWrapper LoRA tensor (SPEC §8) → each expert's matrix as PEFT v4's per-expert module holds it
+ * (`lora_A` [r, in], `lora_B` [out, r]), named `…experts.{e}.{proj}.lora_{A,B}.weight`: views, no copy.
+ */
+export function fusedLoraToPerExpert(prefix: string, layer: string, t: PlannedTensor, part: ParamWrapperPart, nExperts: number): PlannedTensor[] {
+  requireMatrix(t, "a ParamWrapper LoRA weight");
+  const [rows, cols] = t.shape as [number, number];
+  const { proj, half } = fusedLoraPart(part);
+  const folded = half === "lora_A" ? rows : cols;
+  if (folded % nExperts !== 0 || folded === 0) {
+    throw new ConversionError(
+      `${JSON.stringify(t.pieces[0]?.src ?? t.name)}: ParamWrapper LoRA ${formatShape(t.shape)} cannot hold ${nExperts} experts (${folded} is not a positive multiple of ${nExperts})`,
+    );
+  }
+  const r = folded / nExperts;
+  return Array.from({ length: nExperts }, (_, e) =>
+    half === "lora_A"
+      ? viewOf(t, expertLoraKey(prefix, layer, e, proj, half), (v) => select(reshape(v, [nExperts, r, cols]), 0, e))
+      : viewOf(t, expertLoraKey(prefix, layer, e, proj, half), (v) => select(reshape(v, [rows, r, nExperts]), 2, e)),
+  );
+}
+
+/** One projection's per-expert LoRA matrices, in expert order → its fused ParamWrapper tensor (SPEC §8). */
+export function perExpertLoraToFused(prefix: string, layer: string, proj: "up_proj" | "down_proj", half: LoraHalf, experts: readonly PlannedTensor[]): PlannedTensor {
+  const first = requireUniform(experts, `layer ${layer} LoRA ${proj}.${half}`);
+  const E = experts.length;
+  const part: ParamWrapperPart = `${proj === "up_proj" ? "base_layer." : ""}${half}.weight` as ParamWrapperPart;
+  const name = paramWrapperKey(prefix, layer, part);
+  if (half === "lora_A") {
+    const [r, cols] = first.shape as [number, number];
+    const out = contiguous([E * r, cols]);
+    return assemble(name, first.dtype, out.shape, experts.map((t, e) => ({ from: t, into: slice(out, 0, e * r, (e + 1) * r) })));
+  }
+  const [rows, r] = first.shape as [number, number];
+  const out = contiguous([rows, r, E]);
+  return assemble(name, first.dtype, [rows, r * E], experts.map((t, e) => ({ from: t, into: select(out, 2, e) })));
 }

@@ -5,6 +5,7 @@ import { abortOutputs } from "../node/output-folder.js";
 import { registerConvert } from "./commands/convert.js";
 import { registerDiff } from "./commands/diff.js";
 import { registerInspect } from "./commands/inspect.js";
+import { registerLora } from "./commands/lora.js";
 import { registerSynth } from "./commands/synth.js";
 import { registerVerify } from "./commands/verify.js";
 
@@ -33,7 +34,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     .showHelpAfterError(false)
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s.startsWith("error:") ? `omni-ckpt: ${s}` : s) });
-  for (const register of [registerConvert, registerInspect, registerVerify, registerDiff, registerSynth]) register(program);
+  for (const register of [registerConvert, registerInspect, registerVerify, registerDiff, registerSynth, registerLora]) register(program);
   for (const c of program.commands) c.exitOverride().option("--debug", "print stack traces with errors");
   try {
     await program.parseAsync(argv, { from: "user" });

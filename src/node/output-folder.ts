@@ -11,8 +11,8 @@ const LOCK_TAG = ".omni-ckpt.lock";
 export interface PrepareOptions {
   /** Replace an existing, non-empty destination. */
   readonly force?: boolean;
-  /** The source folder: the destination may not be it, nor lie inside it. */
-  readonly source?: string;
+  /** The source folder (or folders: a merge reads two): the destination may not be one, nor lie inside one. */
+  readonly source?: string | readonly string[];
   /** Told at once about leftovers of interrupted runs that were removed or restored. */
   readonly onNote?: (note: string) => void;
 }
@@ -96,13 +96,13 @@ export class OutputFolder {
 
   static prepare(dst: string, options: PrepareOptions = {}): OutputFolder {
     const target = realish(dst);
-    if (options.source !== undefined) {
-      const src = realish(options.source);
+    for (const source of options.source === undefined ? [] : typeof options.source === "string" ? [options.source] : options.source) {
+      const src = realish(source);
       if (within(target, src)) {
         throw new UsageError(`destination ${dst} is ${target === src ? "the source itself" : "inside the source folder"}; choose another`);
       }
       if (options.force && within(src, target)) {
-        throw new UsageError(`--force would replace ${dst}, which contains the source ${options.source}`);
+        throw new UsageError(`--force would replace ${dst}, which contains the source ${source}`);
       }
     }
     const parent = path.dirname(target);

@@ -33,6 +33,15 @@ function load(): Exports | null {
   return loaded;
 }
 
+/**
+ * The instance's exports, for kernels whose wrappers live in modules of their own (`matmul.ts`); null
+ * where WebAssembly SIMD is unavailable.
+ */
+export function kernelExports(): Readonly<Record<string, unknown>> | null {
+  const e = load();
+  return e === null ? null : (e as unknown as Record<string, unknown>);
+}
+
 let arenaBuffer: ArrayBuffer | undefined;
 
 /**

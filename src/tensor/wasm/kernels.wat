@@ -239,4 +239,235 @@
       (local.set $dst (i32.add (local.get $dst) (i32.const 16)))
       (br $each)))
   )
+
+  ;; ---- LoRA merge (src/tensor/wasm/matmul.ts) -------------------------------------------------------
+  ;; out[i][j] = scale · Σ_k L[i][k]·R[k][j] in float32, k in order, every product and every sum rounded on
+  ;; its own (WebAssembly has no fused multiply-add, so each SIMD lane and the scalar tails compute exactly
+  ;; the same value, and so does the JavaScript fallback). Then the delta is rounded to the weight's dtype
+  ;; and added in that dtype, as PyTorch's `W.add_(delta.to(W.dtype))`. Byte addresses; strides in elements.
+
+  ;; One output element: Σ_k L[k]·R[k·rs] from k = 0, then · scale.
+  (func $lora_dot (param $lp i32) (param $rp i32) (param $rsb i32) (param $r i32) (result f32)
+    (local $acc f32) (local $k i32)
+    (block $done (loop $each
+      (br_if $done (i32.ge_u (local.get $k) (local.get $r)))
+      (local.set $acc (f32.add (local.get $acc) (f32.mul (f32.load (local.get $lp)) (f32.load (local.get $rp)))))
+      (local.set $lp (i32.add (local.get $lp) (i32.const 4)))
+      (local.set $rp (i32.add (local.get $rp) (local.get $rsb)))
+      (local.set $k (i32.add (local.get $k) (i32.const 1)))
+      (br $each)))
+    (local.get $acc))
+
+  ;; Four neighbouring output elements of one row.
+  (func $lora_dot4 (param $lp i32) (param $rp i32) (param $rsb i32) (param $r i32) (result v128)
+    (local $acc v128) (local $k i32)
+    (block $done (loop $each
+      (br_if $done (i32.ge_u (local.get $k) (local.get $r)))
+      (local.set $acc (f32x4.add (local.get $acc) (f32x4.mul (v128.load32_splat (local.get $lp)) (v128.load (local.get $rp)))))
+      (local.set $lp (i32.add (local.get $lp) (i32.const 4)))
+      (local.set $rp (i32.add (local.get $rp) (local.get $rsb)))
+      (local.set $k (i32.add (local.get $k) (i32.const 1)))
+      (br $each)))
+    (local.get $acc))
+
+  ;; A 4 × 8 block of the output: each R vector loaded once serves four rows (eight accumulators).
+  (func $lora_block4x8 (param $lp i32) (param $lsb i32) (param $rp i32) (param $rsb i32)
+    (param $op i32) (param $osb i32) (param $r i32) (param $s v128)
+    (local $k i32) (local $l1 i32) (local $l2 i32) (local $l3 i32)
+    (local $b0 v128) (local $b1 v128) (local $x v128)
+    (local $c00 v128) (local $c01 v128) (local $c10 v128) (local $c11 v128)
+    (local $c20 v128) (local $c21 v128) (local $c30 v128) (local $c31 v128)
+    (local.set $l1 (i32.add (local.get $lp) (local.get $lsb)))
+    (local.set $l2 (i32.add (local.get $l1) (local.get $lsb)))
+    (local.set $l3 (i32.add (local.get $l2) (local.get $lsb)))
+    (block $done (loop $each
+      (br_if $done (i32.ge_u (local.get $k) (local.get $r)))
+      (local.set $b0 (v128.load (local.get $rp)))
+      (local.set $b1 (v128.load offset=16 (local.get $rp)))
+      (local.set $x (v128.load32_splat (local.get $lp)))
+      (local.set $c00 (f32x4.add (local.get $c00) (f32x4.mul (local.get $x) (local.get $b0))))
+      (local.set $c01 (f32x4.add (local.get $c01) (f32x4.mul (local.get $x) (local.get $b1))))
+      (local.set $x (v128.load32_splat (local.get $l1)))
+      (local.set $c10 (f32x4.add (local.get $c10) (f32x4.mul (local.get $x) (local.get $b0))))
+      (local.set $c11 (f32x4.add (local.get $c11) (f32x4.mul (local.get $x) (local.get $b1))))
+      (local.set $x (v128.load32_splat (local.get $l2)))
+      (local.set $c20 (f32x4.add (local.get $c20) (f32x4.mul (local.get $x) (local.get $b0))))
+      (local.set $c21 (f32x4.add (local.get $c21) (f32x4.mul (local.get $x) (local.get $b1))))
+      (local.set $x (v128.load32_splat (local.get $l3)))
+      (local.set $c30 (f32x4.add (local.get $c30) (f32x4.mul (local.get $x) (local.get $b0))))
+      (local.set $c31 (f32x4.add (local.get $c31) (f32x4.mul (local.get $x) (local.get $b1))))
+      (local.set $lp (i32.add (local.get $lp) (i32.const 4)))
+      (local.set $l1 (i32.add (local.get $l1) (i32.const 4)))
+      (local.set $l2 (i32.add (local.get $l2) (i32.const 4)))
+      (local.set $l3 (i32.add (local.get $l3) (i32.const 4)))
+      (local.set $rp (i32.add (local.get $rp) (local.get $rsb)))
+      (local.set $k (i32.add (local.get $k) (i32.const 1)))
+      (br $each)))
+    (v128.store (local.get $op) (f32x4.mul (local.get $c00) (local.get $s)))
+    (v128.store offset=16 (local.get $op) (f32x4.mul (local.get $c01) (local.get $s)))
+    (local.set $op (i32.add (local.get $op) (local.get $osb)))
+    (v128.store (local.get $op) (f32x4.mul (local.get $c10) (local.get $s)))
+    (v128.store offset=16 (local.get $op) (f32x4.mul (local.get $c11) (local.get $s)))
+    (local.set $op (i32.add (local.get $op) (local.get $osb)))
+    (v128.store (local.get $op) (f32x4.mul (local.get $c20) (local.get $s)))
+    (v128.store offset=16 (local.get $op) (f32x4.mul (local.get $c21) (local.get $s)))
+    (local.set $op (i32.add (local.get $op) (local.get $osb)))
+    (v128.store (local.get $op) (f32x4.mul (local.get $c30) (local.get $s)))
+    (v128.store offset=16 (local.get $op) (f32x4.mul (local.get $c31) (local.get $s))))
+
+  ;; Columns [j, cols) of one output row: four at a time, then one at a time.
+  (func $lora_row (param $lp i32) (param $rm i32) (param $rsb i32) (param $op i32)
+    (param $j i32) (param $cols i32) (param $r i32) (param $scale f32)
+    (block $vectors_done (loop $each_vector
+      (br_if $vectors_done (i32.gt_u (i32.add (local.get $j) (i32.const 4)) (local.get $cols)))
+      (v128.store (i32.add (local.get $op) (i32.shl (local.get $j) (i32.const 2)))
+        (f32x4.mul
+          (call $lora_dot4 (local.get $lp) (i32.add (local.get $rm) (i32.shl (local.get $j) (i32.const 2))) (local.get $rsb) (local.get $r))
+          (f32x4.splat (local.get $scale))))
+      (local.set $j (i32.add (local.get $j) (i32.const 4)))
+      (br $each_vector)))
+    (block $done (loop $each
+      (br_if $done (i32.ge_u (local.get $j) (local.get $cols)))
+      (f32.store (i32.add (local.get $op) (i32.shl (local.get $j) (i32.const 2)))
+        (f32.mul
+          (call $lora_dot (local.get $lp) (i32.add (local.get $rm) (i32.shl (local.get $j) (i32.const 2))) (local.get $rsb) (local.get $r))
+          (local.get $scale)))
+      (local.set $j (i32.add (local.get $j) (i32.const 1)))
+      (br $each))))
+
+  ;; out (rows × cols, row stride os) = scale · L (rows × r, row stride ls) · R (r × cols, row stride rs).
+  (func (export "lora_matmul_f32")
+    (param $l i32) (param $ls i32) (param $rm i32) (param $rs i32) (param $out i32) (param $os i32)
+    (param $rows i32) (param $cols i32) (param $r i32) (param $scale f32)
+    (local $i i32) (local $j i32) (local $q i32) (local $lsb i32) (local $rsb i32) (local $osb i32)
+    (local $lp i32) (local $op i32) (local $s v128)
+    (local.set $lsb (i32.shl (local.get $ls) (i32.const 2)))
+    (local.set $rsb (i32.shl (local.get $rs) (i32.const 2)))
+    (local.set $osb (i32.shl (local.get $os) (i32.const 2)))
+    (local.set $s (f32x4.splat (local.get $scale)))
+    (block $blocks_done (loop $each_block_row
+      (br_if $blocks_done (i32.gt_u (i32.add (local.get $i) (i32.const 4)) (local.get $rows)))
+      (local.set $lp (i32.add (local.get $l) (i32.mul (local.get $i) (local.get $lsb))))
+      (local.set $op (i32.add (local.get $out) (i32.mul (local.get $i) (local.get $osb))))
+      (local.set $j (i32.const 0))
+      (block $cols_done (loop $each_block
+        (br_if $cols_done (i32.gt_u (i32.add (local.get $j) (i32.const 8)) (local.get $cols)))
+        (call $lora_block4x8 (local.get $lp) (local.get $lsb)
+          (i32.add (local.get $rm) (i32.shl (local.get $j) (i32.const 2))) (local.get $rsb)
+          (i32.add (local.get $op) (i32.shl (local.get $j) (i32.const 2))) (local.get $osb)
+          (local.get $r) (local.get $s))
+        (local.set $j (i32.add (local.get $j) (i32.const 8)))
+        (br $each_block)))
+      (local.set $q (i32.const 0))
+      (block $tails_done (loop $each_tail
+        (br_if $tails_done (i32.ge_u (local.get $q) (i32.const 4)))
+        (call $lora_row
+          (i32.add (local.get $lp) (i32.mul (local.get $q) (local.get $lsb))) (local.get $rm) (local.get $rsb)
+          (i32.add (local.get $op) (i32.mul (local.get $q) (local.get $osb)))
+          (local.get $j) (local.get $cols) (local.get $r) (local.get $scale))
+        (local.set $q (i32.add (local.get $q) (i32.const 1)))
+        (br $each_tail)))
+      (local.set $i (i32.add (local.get $i) (i32.const 4)))
+      (br $each_block_row)))
+    (block $rows_done (loop $each_row
+      (br_if $rows_done (i32.ge_u (local.get $i) (local.get $rows)))
+      (call $lora_row
+        (i32.add (local.get $l) (i32.mul (local.get $i) (local.get $lsb))) (local.get $rm) (local.get $rsb)
+        (i32.add (local.get $out) (i32.mul (local.get $i) (local.get $osb)))
+        (i32.const 0) (local.get $cols) (local.get $r) (local.get $scale))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $each_row))))
+
+  ;; float32 bits → bfloat16 bits, round to nearest even; any NaN becomes 0x7fc0 (PyTorch's).
+  (func $lora_bf16 (param $v i32) (result i32)
+    (if (result i32) (i32.gt_u (i32.and (local.get $v) (i32.const 0x7fffffff)) (i32.const 0x7f800000))
+      (then (i32.const 0x7fc0))
+      (else (i32.shr_u
+        (i32.add (i32.add (local.get $v) (i32.const 0x7fff)) (i32.and (i32.shr_u (local.get $v) (i32.const 16)) (i32.const 1)))
+        (i32.const 16)))))
+
+  ;; n bfloat16 weights (any 2-byte alignment) += n float32 deltas: w ← bf16(f32(w) + f32(bf16(d))), eight at
+  ;; a time. Rounding to bfloat16 is done on float32 bit patterns (add 0x7fff plus the lowest kept bit; the
+  ;; high half is the result). A NaN (in a delta or a sum) sends its eight elements to the scalar path,
+  ;; which gives it PyTorch's 0x7fc0; finite values and infinities round right as they are.
+  (func (export "lora_add_bf16") (param $w i32) (param $d i32) (param $n i32)
+    (local $end i32) (local $y i32) (local $k i32) (local $wv v128) (local $lo v128) (local $hi v128)
+    (local $dlo v128) (local $dhi v128) (local $half v128) (local $one v128) (local $high v128)
+    (local.set $half (i32x4.splat (i32.const 0x7fff)))
+    (local.set $one (i32x4.splat (i32.const 1)))
+    (local.set $high (i32x4.splat (i32.const 0xffff0000)))
+    (local.set $end (i32.add (local.get $d) (i32.shl (local.get $n) (i32.const 2))))
+    (block $vectors_done (loop $each_vector
+      (br_if $vectors_done (i32.gt_u (i32.add (local.get $d) (i32.const 32)) (local.get $end)))
+      (local.set $wv (v128.load (local.get $w)))
+      (local.set $dlo (v128.load (local.get $d)))
+      (local.set $dhi (v128.load offset=16 (local.get $d)))
+      ;; Each delta rounded to bfloat16 (as float32), plus its weight widened to float32.
+      (local.set $lo
+        (f32x4.add
+          (i32x4.shl (i32x4.extend_low_i16x8_u (local.get $wv)) (i32.const 16))
+          (v128.and (i32x4.add (i32x4.add (local.get $dlo) (local.get $half))
+            (v128.and (i32x4.shr_u (local.get $dlo) (i32.const 16)) (local.get $one))) (local.get $high))))
+      (local.set $hi
+        (f32x4.add
+          (i32x4.shl (i32x4.extend_high_i16x8_u (local.get $wv)) (i32.const 16))
+          (v128.and (i32x4.add (i32x4.add (local.get $dhi) (local.get $half))
+            (v128.and (i32x4.shr_u (local.get $dhi) (i32.const 16)) (local.get $one))) (local.get $high))))
+      (if (v128.any_true (v128.or
+            (v128.or (f32x4.ne (local.get $dlo) (local.get $dlo)) (f32x4.ne (local.get $dhi) (local.get $dhi)))
+            (v128.or (f32x4.ne (local.get $lo) (local.get $lo)) (f32x4.ne (local.get $hi) (local.get $hi)))))
+        (then
+          ;; Rare: a NaN somewhere in these eight; the scalar path does them.
+          (local.set $k (i32.const 0))
+          (block $eight_done (loop $each_of_eight
+            (br_if $eight_done (i32.ge_u (local.get $k) (i32.const 8)))
+            (local.set $y
+              (i32.reinterpret_f32 (f32.add
+                (f32.reinterpret_i32 (i32.shl (i32.load16_u (local.get $w)) (i32.const 16)))
+                (f32.reinterpret_i32 (i32.shl (call $lora_bf16 (i32.load (local.get $d))) (i32.const 16))))))
+            (i32.store16 (local.get $w) (call $lora_bf16 (local.get $y)))
+            (local.set $w (i32.add (local.get $w) (i32.const 2)))
+            (local.set $d (i32.add (local.get $d) (i32.const 4)))
+            (local.set $k (i32.add (local.get $k) (i32.const 1)))
+            (br $each_of_eight)))
+          (br $each_vector)))
+      ;; The sums rounded to bfloat16: the high halves of the rounded bit patterns.
+      (v128.store (local.get $w)
+        (i16x8.narrow_i32x4_u
+          (i32x4.shr_u (i32x4.add (i32x4.add (local.get $lo) (local.get $half))
+            (v128.and (i32x4.shr_u (local.get $lo) (i32.const 16)) (local.get $one))) (i32.const 16))
+          (i32x4.shr_u (i32x4.add (i32x4.add (local.get $hi) (local.get $half))
+            (v128.and (i32x4.shr_u (local.get $hi) (i32.const 16)) (local.get $one))) (i32.const 16))))
+      (local.set $w (i32.add (local.get $w) (i32.const 16)))
+      (local.set $d (i32.add (local.get $d) (i32.const 32)))
+      (br $each_vector)))
+    (block $done (loop $each
+      (br_if $done (i32.ge_u (local.get $d) (local.get $end)))
+      (local.set $y
+        (i32.reinterpret_f32 (f32.add
+          (f32.reinterpret_i32 (i32.shl (i32.load16_u (local.get $w)) (i32.const 16)))
+          (f32.reinterpret_i32 (i32.shl (call $lora_bf16 (i32.load (local.get $d))) (i32.const 16))))))
+      (i32.store16 (local.get $w) (call $lora_bf16 (local.get $y)))
+      (local.set $w (i32.add (local.get $w) (i32.const 2)))
+      (local.set $d (i32.add (local.get $d) (i32.const 4)))
+      (br $each)))
+  )
+
+  ;; n float32 weights (any alignment) += n float32 deltas.
+  (func (export "lora_add_f32") (param $w i32) (param $d i32) (param $n i32)
+    (local $end i32)
+    (local.set $end (i32.add (local.get $d) (i32.shl (local.get $n) (i32.const 2))))
+    (block $vectors_done (loop $each_vector
+      (br_if $vectors_done (i32.gt_u (i32.add (local.get $d) (i32.const 16)) (local.get $end)))
+      (v128.store (local.get $w) (f32x4.add (v128.load (local.get $w)) (v128.load (local.get $d))))
+      (local.set $w (i32.add (local.get $w) (i32.const 16)))
+      (local.set $d (i32.add (local.get $d) (i32.const 16)))
+      (br $each_vector)))
+    (block $done (loop $each
+      (br_if $done (i32.ge_u (local.get $d) (local.get $end)))
+      (f32.store (local.get $w) (f32.add (f32.load (local.get $w)) (f32.load (local.get $d))))
+      (local.set $w (i32.add (local.get $w) (i32.const 4)))
+      (local.set $d (i32.add (local.get $d) (i32.const 4)))
+      (br $each)))
+  )
 )
