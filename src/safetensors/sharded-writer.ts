@@ -28,6 +28,8 @@ export class ShardedWriter {
   private constructor(
     readonly store: OutputStore,
     readonly plans: readonly ShardPlan[],
+    /** Whether `finish` writes the index (not when these plans are only some of a checkpoint's shards). */
+    private readonly writeIndex = true,
   ) {}
 
   /** Shards cut by size from tensors in write order. */
@@ -35,9 +37,13 @@ export class ShardedWriter {
     return ShardedWriter.fromPlans(store, planShards(tensors, maxShardSize));
   }
 
-  /** Shards as given (file names and the tensors of each, in order). */
-  static async fromPlans(store: OutputStore, plans: readonly ShardPlan[]): Promise<ShardedWriter> {
-    const sw = new ShardedWriter(store, plans);
+  /**
+   * Shards as given (file names and the tensors of each, in order). With `index: false` the index is left
+   * to the caller: these shards are only part of a checkpoint (one part of a consolidation split over
+   * several processes).
+   */
+  static async fromPlans(store: OutputStore, plans: readonly ShardPlan[], options: { readonly index?: boolean } = {}): Promise<ShardedWriter> {
+    const sw = new ShardedWriter(store, plans, options.index ?? true);
     try {
       for (const [shard, plan] of plans.entries()) {
         const w = await SafetensorsFileWriter.create(store, plan.file, plan.tensors, DEFAULT_METADATA);
@@ -117,7 +123,7 @@ export class ShardedWriter {
       for (const [i, w] of this.writers.entries()) await this.store.check(this.plans[i]!.file, w.size, w.header.bytes);
     }
     const names = this.plans.map((p) => p.file);
-    const index = indexJson(this.plans);
+    const index = this.writeIndex ? indexJson(this.plans) : undefined;
     if (index === undefined) return names;
     await this.store.writeFile(INDEX_FILE, encoder.encode(index));
     return [...names, INDEX_FILE];
