@@ -2,6 +2,7 @@ import * as fs from "node:fs";
 import { Command, CommanderError } from "commander";
 import { EXIT_INPUT, EXIT_INTERNAL, OmniCkptError, exitCodeOf } from "../errors.js";
 import { abortOutputs } from "../node/output-folder.js";
+import { registerConsolidate } from "./commands/consolidate.js";
 import { registerConvert } from "./commands/convert.js";
 import { registerDiff } from "./commands/diff.js";
 import { registerInspect } from "./commands/inspect.js";
@@ -34,7 +35,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     .showHelpAfterError(false)
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s.startsWith("error:") ? `omni-ckpt: ${s}` : s) });
-  for (const register of [registerConvert, registerInspect, registerVerify, registerDiff, registerSynth, registerLora]) register(program);
+  for (const register of [registerConvert, registerInspect, registerVerify, registerDiff, registerSynth, registerLora, registerConsolidate]) register(program);
   for (const c of program.commands) c.exitOverride().option("--debug", "print stack traces with errors");
   try {
     await program.parseAsync(argv, { from: "user" });

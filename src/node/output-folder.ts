@@ -4,20 +4,25 @@ import { InputError, UsageError, WriteError } from "../errors.js";
 import { describeIoError } from "./file-source.js";
 import { fsyncPath } from "./local-output.js";
 
-const TMP_TAG = ".omni-ckpt-tmp-";
+export const TMP_TAG = ".omni-ckpt-tmp-";
 const OLD_TAG = ".omni-ckpt-old-";
-const LOCK_TAG = ".omni-ckpt.lock";
+export const LOCK_TAG = ".omni-ckpt.lock";
 
 export interface PrepareOptions {
   /** Replace an existing, non-empty destination. */
   readonly force?: boolean;
   /** The source folder (or folders: a merge reads two): the destination may not be one, nor lie inside one. */
   readonly source?: string | readonly string[];
+  /**
+   * The one place inside the source the destination may be, because nothing of the source is read from
+   * there (`model/consolidated/` of a sharded training save, where NeMo Automodel's own tool writes).
+   */
+  readonly allowedInside?: string;
   /** Told at once about leftovers of interrupted runs that were removed or restored. */
   readonly onNote?: (note: string) => void;
 }
 
-function isAlive(pid: number): boolean {
+export function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
@@ -55,8 +60,17 @@ function uniqueSuffix(): string {
   return `${process.pid}-${Math.floor(Math.random() * 0x1_0000_0000).toString(16).padStart(8, "0")}`;
 }
 
-/** Output folders being built in this process, for a host that must stop at once (see `abortOutputs`). */
-const active = new Set<OutputFolder>();
+/** Outputs being built in this process, for a host that must stop at once (see `abortOutputs`). */
+const active = new Set<{ abort(): void }>();
+
+/** Count an output being built elsewhere (one part of a split consolidation) among those `abortOutputs` removes. */
+export function trackOutput(output: { abort(): void }): void {
+  active.add(output);
+}
+
+export function untrackOutput(output: { abort(): void }): void {
+  active.delete(output);
+}
 
 /**
  * Remove every output still being built in this process and return how many there were: for a command
@@ -95,23 +109,9 @@ export class OutputFolder {
   }
 
   static prepare(dst: string, options: PrepareOptions = {}): OutputFolder {
-    const target = realish(dst);
-    for (const source of options.source === undefined ? [] : typeof options.source === "string" ? [options.source] : options.source) {
-      const src = realish(source);
-      if (within(target, src)) {
-        throw new UsageError(`destination ${dst} is ${target === src ? "the source itself" : "inside the source folder"}; choose another`);
-      }
-      if (options.force && within(src, target)) {
-        throw new UsageError(`--force would replace ${dst}, which contains the source ${source}`);
-      }
-    }
+    const target = placeDestination(dst, options);
     const parent = path.dirname(target);
     const base = path.basename(target);
-    try {
-      fs.mkdirSync(parent, { recursive: true });
-    } catch (e) {
-      throw new WriteError(`${parent}: cannot create the destination's parent folder: ${describeIoError(e)}`);
-    }
     const lock = path.join(parent, `.${base}${LOCK_TAG}`);
     takeLock(lock, dst);
     const tmp = path.join(parent, `.${base}${TMP_TAG}${uniqueSuffix()}`);
@@ -154,37 +154,7 @@ export class OutputFolder {
    * parent, then delete the old copy.
    */
   commit(): void {
-    const parent = path.dirname(this.dst);
-    let old: string | undefined;
-    try {
-      fsyncPath(this.tmp);
-      if (fs.existsSync(this.dst)) {
-        const st = fs.lstatSync(this.dst);
-        if (st.isDirectory() && fs.readdirSync(this.dst).length === 0) fs.rmdirSync(this.dst);
-        else if (this.force) {
-          old = path.join(parent, `.${path.basename(this.dst)}${OLD_TAG}${uniqueSuffix()}`);
-          fs.renameSync(this.dst, old);
-        } else throw new InputError(`${this.dst} appeared while converting; pass --force to replace it`);
-      }
-      fs.renameSync(this.tmp, this.dst);
-    } catch (e) {
-      if (old !== undefined && !fs.existsSync(this.dst)) fs.renameSync(old, this.dst);
-      if (e instanceof InputError) throw e;
-      throw new WriteError(`${this.dst}: cannot move the finished checkpoint into place: ${describeIoError(e)}`);
-    }
-    // The new checkpoint is in place: from here on a failure is worth telling, not a failed conversion.
-    try {
-      fsyncPath(parent);
-    } catch (e) {
-      this.note(`${this.dst} is in place, but syncing ${parent} failed (${describeIoError(e)}); run sync before relying on it`);
-    }
-    if (old !== undefined) {
-      try {
-        fs.rmSync(old, { recursive: true, force: true });
-      } catch (e) {
-        this.note(`${this.dst} is in place, but the checkpoint it replaced could not be removed from ${old} (${describeIoError(e)})`);
-      }
-    }
+    moveIntoPlace(this.tmp, this.dst, this.force, (text) => this.note(text));
     this.finish();
   }
 
@@ -215,7 +185,71 @@ export class OutputFolder {
   }
 }
 
-function checkDestination(dst: string, target: string, force: boolean): void {
+/**
+ * Check where a destination may go (not the source, not inside it but where `allowedInside` says, not a
+ * folder holding the source when `--force` would replace it) and create its parent. Returns DST with
+ * symlinks resolved.
+ */
+export function placeDestination(dst: string, options: Pick<PrepareOptions, "source" | "allowedInside" | "force">): string {
+  const target = realish(dst);
+  const allowed = options.allowedInside !== undefined && target === realish(options.allowedInside);
+  for (const source of options.source === undefined ? [] : typeof options.source === "string" ? [options.source] : options.source) {
+    const src = realish(source);
+    if (within(target, src) && !allowed) {
+      throw new UsageError(`destination ${dst} is ${target === src ? "the source itself" : "inside the source folder"}; choose another`);
+    }
+    if (options.force && within(src, target)) {
+      throw new UsageError(`--force would replace ${dst}, which contains the source ${source}`);
+    }
+  }
+  const parent = path.dirname(target);
+  try {
+    fs.mkdirSync(parent, { recursive: true });
+  } catch (e) {
+    throw new WriteError(`${parent}: cannot create the destination's parent folder: ${describeIoError(e)}`);
+  }
+  return target;
+}
+
+/**
+ * Put a finished folder in place: sync it, move an old DST aside (with `force`), rename, sync the parent,
+ * then delete the old copy. `note` hears what went wrong after the new folder is in place.
+ */
+export function moveIntoPlace(tmp: string, dst: string, force: boolean, note: (text: string) => void): void {
+  const parent = path.dirname(dst);
+  let old: string | undefined;
+  try {
+    fsyncPath(tmp);
+    if (fs.existsSync(dst)) {
+      const st = fs.lstatSync(dst);
+      if (st.isDirectory() && fs.readdirSync(dst).length === 0) fs.rmdirSync(dst);
+      else if (force) {
+        old = path.join(parent, `.${path.basename(dst)}${OLD_TAG}${uniqueSuffix()}`);
+        fs.renameSync(dst, old);
+      } else throw new InputError(`${dst} appeared while converting; pass --force to replace it`);
+    }
+    fs.renameSync(tmp, dst);
+  } catch (e) {
+    if (old !== undefined && !fs.existsSync(dst)) fs.renameSync(old, dst);
+    if (e instanceof InputError) throw e;
+    throw new WriteError(`${dst}: cannot move the finished checkpoint into place: ${describeIoError(e)}`);
+  }
+  // The new checkpoint is in place: from here on a failure is worth telling, not a failed conversion.
+  try {
+    fsyncPath(parent);
+  } catch (e) {
+    note(`${dst} is in place, but syncing ${parent} failed (${describeIoError(e)}); run sync before relying on it`);
+  }
+  if (old !== undefined) {
+    try {
+      fs.rmSync(old, { recursive: true, force: true });
+    } catch (e) {
+      note(`${dst} is in place, but the checkpoint it replaced could not be removed from ${old} (${describeIoError(e)})`);
+    }
+  }
+}
+
+export function checkDestination(dst: string, target: string, force: boolean): void {
   let st: fs.Stats;
   try {
     st = fs.lstatSync(target);
@@ -228,7 +262,7 @@ function checkDestination(dst: string, target: string, force: boolean): void {
   }
 }
 
-function takeLock(lock: string, dst: string): void {
+export function takeLock(lock: string, dst: string): void {
   for (let attempt = 0; attempt < 2; attempt++) {
     try {
       const fd = fs.openSync(lock, "wx", 0o644);
@@ -254,7 +288,7 @@ function takeLock(lock: string, dst: string): void {
   throw new InputError(`${dst}: could not take the lock ${lock}`);
 }
 
-function releaseLock(lock: string): void {
+export function releaseLock(lock: string): void {
   try {
     const pid = Number(fs.readFileSync(lock, "utf8").trim());
     if (pid === process.pid) fs.rmSync(lock, { force: true });

@@ -1,0 +1,126 @@
+import * as fs from "node:fs";
+import * as os from "node:os";
+import { InputError, WriteError } from "../errors.js";
+import { describeIoError } from "./file-source.js";
+import { isAlive } from "./output-folder.js";
+
+/**
+ * A lock file that processes on several machines sharing a filesystem can rely on. It names its owner's
+ * host and pid and carries a heartbeat its owner bumps every few seconds: an owner on this machine is
+ * alive while its pid is; one on another machine while its heartbeat moves. A lock whose owner is gone (a
+ * SIGKILLed part, a lost node) is taken over, so a failed part can be rerun anywhere.
+ */
+
+interface Owner {
+  readonly host: string;
+  readonly pid: number;
+  readonly beat: number;
+}
+
+/** How long another machine's heartbeat may stand still before its lock counts as abandoned, by default. */
+export const DEFAULT_STALE_MS = 10_000;
+
+const host = os.hostname();
+
+function readOwner(file: string): Owner | undefined {
+  try {
+    const v = JSON.parse(fs.readFileSync(file, "utf8")) as Partial<Owner>;
+    return typeof v.host === "string" && Number.isSafeInteger(v.pid) && Number.isSafeInteger(v.beat) ? (v as Owner) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The owner of `file` when it is alive (waiting up to `staleMs` to see a heartbeat from another machine). */
+export async function liveOwner(file: string, staleMs = DEFAULT_STALE_MS): Promise<Owner | undefined> {
+  const owner = readOwner(file);
+  if (!owner) {
+    // Being written this instant, or garbage: a moment later tells which.
+    await new Promise((r) => setTimeout(r, 50));
+    const again = readOwner(file);
+    return again && again.host === host ? (isAlive(again.pid) ? again : undefined) : again;
+  }
+  if (owner.host === host) return owner.pid !== process.pid && isAlive(owner.pid) ? owner : undefined;
+  const until = Date.now() + staleMs;
+  while (Date.now() < until) {
+    await new Promise((r) => setTimeout(r, Math.min(500, staleMs / 4)));
+    const now = readOwner(file);
+    if (!now) return undefined;
+    if (now.beat !== owner.beat || now.pid !== owner.pid || now.host !== owner.host) return now;
+  }
+  return undefined;
+}
+
+export function describeOwner(o: Owner): string {
+  return o.host === host ? `pid ${o.pid}` : `pid ${o.pid} on ${o.host}`;
+}
+
+export class RunLock {
+  private beat = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private released = false;
+
+  private constructor(readonly file: string) {}
+
+  private content(): string {
+    return `${JSON.stringify({ host, pid: process.pid, beat: this.beat })}\n`;
+  }
+
+  /**
+   * Take the lock, or fail naming its live owner. `what` says in the message what it guards. An abandoned
+   * lock is taken over (and `onStale` told).
+   */
+  static async acquire(file: string, what: string, options: { staleMs?: number; onStale?: (owner: string) => void } = {}): Promise<RunLock> {
+    const lock = new RunLock(file);
+    for (let attempt = 0; attempt < 2; attempt++) {
+      try {
+        const fd = fs.openSync(file, "wx", 0o644);
+        try {
+          fs.writeSync(fd, lock.content());
+        } finally {
+          fs.closeSync(fd);
+        }
+        lock.startHeartbeat(options.staleMs ?? DEFAULT_STALE_MS);
+        return lock;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw new WriteError(`${file}: cannot create the lock file: ${describeIoError(e)}`);
+      }
+      const owner = await liveOwner(file, options.staleMs);
+      if (owner) throw new LockHeldError(`${what} is being written by ${describeOwner(owner)}; wait for it, or stop it and run again`);
+      const stale = readOwner(file);
+      fs.rmSync(file, { force: true });
+      if (stale) options.onStale?.(describeOwner(stale));
+    }
+    throw new InputError(`${what}: could not take the lock ${file}`);
+  }
+
+  /** Bump the heartbeat by replacing the file whole (a rename), so a reader never sees half of it. */
+  private startHeartbeat(staleMs: number): void {
+    const every = Math.max(50, Math.floor(staleMs / 5));
+    this.timer = setInterval(() => {
+      this.beat++;
+      const tmp = `${this.file}.${process.pid}.tmp`;
+      try {
+        fs.writeFileSync(tmp, this.content());
+        fs.renameSync(tmp, this.file);
+      } catch {
+        // A missed beat only makes the lock look idle for a moment.
+      }
+    }, every);
+    this.timer.unref();
+  }
+
+  /** Give the lock up, if it is still this process's. Safe to call more than once. */
+  release(): void {
+    if (this.released) return;
+    this.released = true;
+    if (this.timer) clearInterval(this.timer);
+    const owner = readOwner(this.file);
+    if (owner && owner.host === host && owner.pid === process.pid) fs.rmSync(this.file, { force: true });
+  }
+}
+
+/** A lock held by a live process. */
+export class LockHeldError extends InputError {
+  override name = "LockHeldError";
+}
