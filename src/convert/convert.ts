@@ -1,4 +1,5 @@
 import type { Diagnostic } from "../adapters/plan.js";
+import { convertSavedFolder, shardedSaveIn } from "../consolidate/convert.js";
 import { InputError, UsageError, throwIfAborted } from "../errors.js";
 import type { Folder } from "../io/folder.js";
 import type { OutputStore } from "../io/output.js";
@@ -181,6 +182,9 @@ export async function convertFolder(
 ): Promise<FolderConversion> {
   checkShardSize(options.maxShardSize);
   checkBaseOptions(options, options.base !== undefined);
+  // A sharded training save converts straight from its rank files.
+  const saved = await shardedSaveIn(source);
+  if (saved !== undefined) return convertSavedFolder(source, saved, out, options);
   const open = options.signal ? { signal: options.signal } : {};
   const checkpoint = await Checkpoint.open(source, open);
   let release: Checkpoint | undefined;

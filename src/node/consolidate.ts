@@ -7,6 +7,8 @@ import { CONSOLIDATED_DIR } from "../consolidate/names.js";
 import { type PartSpec, assignFiles, checkPart, fingerprintRun } from "../consolidate/parts.js";
 import { type ConsolidateOptions, type ConsolidationPlan, planConsolidation } from "../consolidate/plan.js";
 import { type ShardedSave, locateShardedSave, openShardedSave } from "../consolidate/save.js";
+import { prepareSavedConversion, savedConversionSummary, writeSavedConversion } from "../consolidate/convert.js";
+import type { ConvertRequest, ConvertSummary } from "./convert.js";
 import { type MetadataFiles, listMetadataFiles, writeConsolidation } from "../consolidate/write.js";
 import { sha256 } from "./checks.js";
 import { LocalFolder } from "./local-folder.js";
@@ -134,6 +136,28 @@ export async function consolidateCheckpoint(req: ConsolidateRequest): Promise<Co
       return { ...base, ...outcome, seconds: (performance.now() - started) / 1000 };
     }
     return { ...base, ...(await single(plan, metadata, place, req)), seconds: (performance.now() - started) / 1000 };
+  } finally {
+    save.close();
+  }
+}
+
+/** `convert` of a sharded save, with the output folder's guarantees (`convertCheckpoint` sends it here). */
+export async function convertSavedCheckpoint(req: ConvertRequest, started: number): Promise<ConvertSummary> {
+  const { save, srcDir } = await openLocalSave(req.src, req);
+  try {
+    const prepared = await prepareSavedConversion(save, req);
+    const out = OutputFolder.prepare(req.dst, {
+      source: srcDir,
+      ...(req.force ? { force: true } : {}),
+      ...(req.onNote ? { onNote: req.onNote } : {}),
+    });
+    try {
+      const written = await writeSavedConversion(prepared, new LocalOutput(out.tmp, req.dst), req);
+      out.commit();
+      return { src: req.src, dst: req.dst, ...savedConversionSummary(prepared, written), notes: out.notes, seconds: (performance.now() - started) / 1000 };
+    } catch (e) {
+      throw out.fail(e);
+    }
   } finally {
     save.close();
   }

@@ -3,6 +3,7 @@ import type { ConvertOptions } from "../convert/planner.js";
 import type { Checkpoint } from "../safetensors/checkpoint.js";
 import { BufferPool } from "../convert/buffer-pool.js";
 import { InputError } from "../errors.js";
+import { convertSavedCheckpoint, isShardedSave } from "./consolidate.js";
 import { LocalOutput } from "./local-output.js";
 import { OutputFolder } from "./output-folder.js";
 import { type SourceOptions, openSource } from "./sources.js";
@@ -43,6 +44,8 @@ export async function convertCheckpoint(req: ConvertRequest): Promise<ConvertSum
   checkBaseOptions(req, req.base !== undefined);
   // Its ~30 ms start-up overlaps the planning below instead of delaying the first write.
   startWriteThread(new BufferPool().memory);
+  // A sharded training save (NeMo Automodel's model/ folder) converts straight from its rank files.
+  if (await isShardedSave(req.src)) return convertSavedCheckpoint(req, started);
   const { checkpoint, source } = await openSource(req.src, req);
   let release: Checkpoint | undefined;
   try {
