@@ -8,6 +8,7 @@ import { registerDiff } from "./commands/diff.js";
 import { registerInspect } from "./commands/inspect.js";
 import { registerLora } from "./commands/lora.js";
 import { registerSynth } from "./commands/synth.js";
+import { registerSynthSave } from "./commands/synth-save.js";
 import { registerVerify } from "./commands/verify.js";
 
 const version = (JSON.parse(fs.readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as { version: string }).version;
@@ -35,7 +36,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     .showHelpAfterError(false)
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s.startsWith("error:") ? `omni-ckpt: ${s}` : s) });
-  for (const register of [registerConvert, registerInspect, registerVerify, registerDiff, registerSynth, registerLora, registerConsolidate]) register(program);
+  for (const register of [registerConvert, registerInspect, registerVerify, registerDiff, registerSynth, registerLora, registerSynthSave, registerConsolidate]) register(program);
   for (const c of program.commands) c.exitOverride().option("--debug", "print stack traces with errors");
   try {
     await program.parseAsync(argv, { from: "user" });

@@ -129,9 +129,11 @@ export function registerConsolidate(program: Command): void {
       }
       if (flags.quiet) return;
       for (const d of summary.dropped) warn(`warning: ${d} has no pieces and the config ties it to the embeddings (tie_word_embeddings): left out, as Automodel does`);
-      if (summary.mixedExperts.length > 0) {
-        warnList(
-          summary.mixedExperts.map((m) => `warning: experts in more than one dtype, as Automodel writes them (its dtype mapping lacks some): ${m}; --uniform-expert-dtypes gives each layer one`),
+      const mixed = summary.mixedExperts;
+      if (mixed.length > 0) {
+        warn(
+          `warning: in ${mixed.length} expert group${mixed.length === 1 ? "" : "s"} the experts come out in more than one dtype, as Automodel's consolidator writes them ` +
+            `(its dtype mapping holds rank 0's experts only), e.g. ${mixed[0]}; convert --to native refuses such a checkpoint, --uniform-expert-dtypes gives each layer's experts one dtype`,
         );
       }
       if (summary.part) {
