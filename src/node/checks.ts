@@ -2,6 +2,8 @@ import * as crypto from "node:crypto";
 import { type CompareOptions, type DiffReport, type Hasher, compareCheckpoints } from "../convert/diff.js";
 import { type InspectReport, describeCheckpoint } from "../convert/inspect.js";
 import { type VerifyOptions, type VerifyReport, verifyRoundTrip } from "../convert/verify.js";
+import { type ShardedSaveReport, describeShardedSave } from "../consolidate/describe.js";
+import { openLocalSave } from "./consolidate.js";
 import { type SourceOptions, openSource } from "./sources.js";
 
 /** sha256 in hex, from Node's crypto (loaded only by the commands that hash). */
@@ -20,6 +22,16 @@ export async function inspectCheckpoint(location: string, options: SourceOptions
     return await describeCheckpoint(checkpoint, source.display ?? location, options.signal);
   } finally {
     checkpoint.close();
+  }
+}
+
+/** `inspect` of a NeMo Automodel sharded training save (its `model/` folder or the checkpoint folder above). */
+export async function inspectShardedSave(location: string, options: SourceOptions & { signal?: AbortSignal } = {}): Promise<ShardedSaveReport> {
+  const { save } = await openLocalSave(location, options);
+  try {
+    return describeShardedSave(save, location);
+  } finally {
+    save.close();
   }
 }
 

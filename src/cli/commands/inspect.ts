@@ -77,11 +77,17 @@ function render(r: InspectReport): string {
 export function registerInspect(program: Command): void {
   program
     .command("inspect")
-    .description("describe a checkpoint from its headers: layout, components, model shape, what convert would produce")
+    .description("describe a checkpoint from its headers: layout, components, model shape, what convert would produce (or a sharded training save: ranks, pieces, what consolidate would write, what is missing)")
     .argument("<dir>", `${SOURCE_HELP}, or a .safetensors file`)
     .option("--json", "print the report as JSON")
     .option("--follow-symlinks", "allow shards that are symlinks leading outside the folder")
     .action(async (dir: string, flags: { json?: boolean; followSymlinks?: boolean }) => {
+      const { isShardedSave } = await import("../../node/consolidate.js");
+      if (await isShardedSave(dir)) {
+        const { inspectSavedCheckpoint } = await import("./inspect-save.js");
+        await inspectSavedCheckpoint(dir, flags);
+        return;
+      }
       const { inspectCheckpoint } = await import("../../node/checks.js");
       const report = await inspectCheckpoint(dir, sourceOptions(flags));
       if (flags.json) printJson(report);
