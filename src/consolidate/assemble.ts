@@ -38,6 +38,8 @@ export interface Assembly {
   readonly columnSplit: number;
 }
 
+const dims = (n: number): string => `${n} dimension${n === 1 ? "" : "s"}`;
+
 function boxOf(p: SavedPiece): Box {
   return { offset: p.offset, shape: p.entry.shape };
 }
@@ -109,7 +111,7 @@ function assembleOne(t: SavedTensor, shapes: ConfigShapes | undefined, here: str
       problems.push({ file: p.rank.file.name, tensor: t.name, detail: `piece at ${formatBox(boxOf(p))} is ${p.entry.dtype}, but ${where(first)} is ${dtype}: one tensor has one dtype` });
       ok = false;
     } else if (p.entry.shape.length !== rank) {
-      problems.push({ file: p.rank.file.name, tensor: t.name, detail: `piece ${formatShape(p.entry.shape)} has ${p.entry.shape.length} dimensions, but ${where(first)} has ${rank}` });
+      problems.push({ file: p.rank.file.name, tensor: t.name, detail: `piece ${formatShape(p.entry.shape)} has ${dims(p.entry.shape.length)}, but ${where(first)} has ${rank}` });
       ok = false;
     }
   }
@@ -121,7 +123,7 @@ function assembleOne(t: SavedTensor, shapes: ConfigShapes | undefined, here: str
   let shape = span;
   if (rule) {
     if (rule.shape.length !== rank) {
-      problems.push({ file: here, tensor: t.name, detail: `its pieces have ${rank} dimensions, but the config gives it ${rule.shape.length} (${rule.from})` });
+      problems.push({ file: here, tensor: t.name, detail: `its pieces have ${dims(rank)}, but the config gives it ${rule.shape.length} (${rule.from})` });
       return undefined;
     }
     shape = span.map((n, d) => rule.shape[d] ?? n);

@@ -232,7 +232,7 @@ function readPieces(rank: RankFile, problems: Violation[]): SavedPiece[] {
     }
     if (offset.length !== offsets.length) continue;
     if (offset.length !== entry.shape.length) {
-      fail(`saved_offsets [${offset.join(", ")}] has ${offset.length} entries, but the piece has ${entry.shape.length} dimensions [${entry.shape.join(", ")}]`);
+      fail(`saved_offsets [${offset.join(", ")}] has ${offset.length} entr${offset.length === 1 ? "y" : "ies"}, but the piece has ${entry.shape.length} dimension${entry.shape.length === 1 ? "" : "s"} [${entry.shape.join(", ")}]`);
       continue;
     }
     pieces.push({ key: `${rank.number}/${name}`, rank, entry, offset });
