@@ -128,6 +128,7 @@ async function checkOtherRuns(p: RunPaths, ctx: RunContext, notes: Notes): Promi
     const state = `${staging}${STATE_SUFFIX}`;
     const isState = name.endsWith(STATE_SUFFIX);
     if (isState && fs.existsSync(staging)) continue; // seen with its staging folder
+    if (!fs.existsSync(path.join(p.parent, name))) continue; // discarded with its staging folder
     const live = await liveLocks(state, ctx.req.lockStaleMs);
     if (isState && !fs.existsSync(staging)) {
       // A run that committed (or was discarded) but was stopped before it removed its state.
