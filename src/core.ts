@@ -52,6 +52,14 @@ export { planExport, type ExportOptions, type ExportPlan, type ExpertExport } fr
 export { exportAdapterFolder, prepareExport, writeExport, type PreparedExport } from "./lora/export-files.js";
 export { mergeFolders, prepareMerge, writeMerge, type MergeOptions, type MergeSummary, type PreparedMerge } from "./lora/merge.js";
 export { baseModel, quantizationOf } from "./lora/base.js";
+export { writeAutomodelSave, type AutomodelSaveOptions, type AutomodelSaveSummary } from "./synth/automodel-save.js";
+
+export { ShardedSave, locateShardedSave, openShardedSave, type Violation, type SavedTensor, type SavedPiece } from "./consolidate/save.js";
+export { planConsolidation, restoredDType, IncompleteSaveError, type ConsolidateOptions, type ConsolidationPlan, type OutputFile } from "./consolidate/plan.js";
+export { writeConsolidation, writeConsolidatedFiles, completeConsolidation, listMetadataFiles, type MetadataFiles } from "./consolidate/write.js";
+export { prepareSavedConversion, writeSavedConversion, convertSavedFolder, shardedSaveIn } from "./consolidate/convert.js";
+export { describeShardedSave, type ShardedSaveReport } from "./consolidate/describe.js";
+export { assignFiles, fingerprintRun, type PartSpec } from "./consolidate/parts.js";
 
 export {
   OmniCkptError,

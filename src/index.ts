@@ -17,3 +17,5 @@ export { convertCheckpoint, type ConvertRequest, type ConvertSummary } from "./n
 export { inspectCheckpoint, verifyCheckpoint, diffCheckpoints, sha256, type DiffOptions } from "./node/checks.js";
 export { synthesize, type SynthRequest } from "./node/synth.js";
 export { exportLoraAdapter, mergeLoraAdapter, type LoraExportRequest, type LoraExportSummary, type LoraMergeRequest, type LoraMergeSummary } from "./node/lora.js";
+export { consolidateCheckpoint, type ConsolidateRequest, type ConsolidateSummary } from "./node/consolidate.js";
+export { synthesizeSave, type SaveRequest } from "./node/synth-save.js";
