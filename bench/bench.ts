@@ -6,6 +6,7 @@ import { synthesize } from "../src/node/synth.js";
 import { dequantizeSection } from "./dequantize.js";
 import { httpSection } from "./http.js";
 import { loraSection } from "./lora.js";
+import { consolidateSection } from "./consolidate.js";
 import {
   type Sample,
   bigRounds,
@@ -146,6 +147,7 @@ const SECTIONS: readonly (readonly [string, () => Promise<string>])[] = [
   ["dequantize", dequantizeSection],
   ["http", httpSection],
   ["lora", loraSection],
+  ["consolidate", consolidateSection],
 ];
 
 async function main(): Promise<void> {

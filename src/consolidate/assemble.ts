@@ -3,7 +3,7 @@ import type { DType } from "../tensor/dtype.js";
 import { formatShape } from "../tensor/tensor.js";
 import { type Box, boundingShape, checkTiling, formatBox } from "./boxes.js";
 import { ConfigShapes } from "./config-shapes.js";
-import { FILE_INDEX_MAPPING } from "./names.js";
+import { FILE_INDEX_MAPPING, rankFileName } from "./names.js";
 import type { SavedPiece, SavedTensor, ShardedSave, Violation } from "./save.js";
 
 /**
@@ -72,10 +72,11 @@ export function assemble(save: ShardedSave): Assembly {
   let emptyPieces = 0;
   let columnSplit = 0;
   const assembled = new Map<string, AssembledTensor>();
+  const shorts: Short[] = [];
   for (const t of save.tensors.values()) {
     pieceCount += t.pieces.length;
     emptyPieces += t.pieces.filter((p) => p.entry.shape.includes(0)).length;
-    const a = assembleOne(t, shapes, here, problems);
+    const a = assembleOne(t, shapes, here, problems, shorts);
     if (!a) continue;
     if (a.pieces.some((p) => p.offset.slice(1).some((o) => o > 0))) columnSplit++;
     const index = fileIndex?.get(t.name);
@@ -98,10 +99,30 @@ export function assemble(save: ShardedSave): Assembly {
     else if (tied && LM_HEAD.test(name)) dropped.push(name);
     else problems.push({ file: mappingFile, tensor: name, detail: `is listed for output file ${index}, but no rank file holds a piece of it` });
   }
+  // File names do not carry the world size: a lost last rank file shows only as tensors that come out
+  // short. Say so first, naming the file that would come next.
+  const last = save.ranks[save.ranks.length - 1];
+  if (shorts.length > 0 && last && last.number === save.ranks.length) {
+    const s = shorts[0]!;
+    problems.unshift({
+      file: save.describe(rankFileName(last.number + 1)),
+      detail:
+        `may be missing: ${shorts.length} tensor${shorts.length === 1 ? "" : "s"} whose shape the config gives come out short ` +
+        `(the first, "${s.name}", ends at ${s.end} of ${s.size} on axis ${s.axis}), as when the last rank's file is lost`,
+    });
+  }
   return { tensors, fileCount, dropped, problems, pieceCount, emptyPieces, columnSplit };
 }
 
-function assembleOne(t: SavedTensor, shapes: ConfigShapes | undefined, here: string, problems: Violation[]): Omit<AssembledTensor, "fileIndex"> | undefined {
+/** A tensor that comes out shorter than the config gives it. */
+interface Short {
+  readonly name: string;
+  readonly axis: number;
+  readonly end: number;
+  readonly size: number;
+}
+
+function assembleOne(t: SavedTensor, shapes: ConfigShapes | undefined, here: string, problems: Violation[], shorts: Short[]): Omit<AssembledTensor, "fileIndex"> | undefined {
   const first = t.pieces[0]!;
   const dtype = first.entry.dtype;
   const rank = first.entry.shape.length;
@@ -140,6 +161,8 @@ function assembleOne(t: SavedTensor, shapes: ConfigShapes | undefined, here: str
       problems.push({ file: b.rank.file.name, tensor: t.name, detail: `piece at ${formatBox(boxOf(b))} overlaps ${where(a)}: both hold ${formatBox(p.region)}` });
     } else {
       problems.push({ file: here, tensor: t.name, detail: gapDetail(shape, span, p.region, p.missing, rule?.from) });
+      const axis = span.findIndex((n, d) => n < shape[d]!);
+      if (rule && axis >= 0) shorts.push({ name: t.name, axis, end: span[axis]!, size: shape[axis]! });
     }
   }
   if (tiling.length > 0) return undefined;

@@ -219,4 +219,4 @@ export class ConfigShapes {
 }
 
 /** The parts of a model no config field sizes, named as the README names them. */
-export const UNCHECKED_COMPONENTS = ["vision encoder (vision_model.*)", "sound encoder (sound_encoder.*)"] as const;
+export const UNCHECKED_COMPONENTS = ["vision_model.*", "sound_encoder.*"] as const;

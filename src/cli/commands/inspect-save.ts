@@ -24,7 +24,7 @@ function render(r: ShardedSaveReport): string {
     lines.push("");
     lines.push(`model: ${m.kind === "omni" ? "Nemotron Omni" : "NemotronH"}, ${m.layers} language-model layers${m.hidden !== undefined ? `, hidden ${m.hidden}` : ""}${m.experts !== undefined ? `, ${m.experts} experts per MoE layer` : ""}`);
     lines.push(
-      `shapes fixed by config.json: ${formatCount(r.configChecked.tensors)} tensors; ${formatCount(r.configChecked.unchecked)} others (${UNCHECKED_COMPONENTS.join(", ")}) only by their pieces`,
+      `config.json fixes the shapes of ${formatCount(r.configChecked.tensors)} tensors; ${formatCount(r.configChecked.unchecked)} others (${UNCHECKED_COMPONENTS.join(", ")}: the encoders' configs hold no sizes) are checked only against their own pieces`,
     );
   }
   lines.push("");
