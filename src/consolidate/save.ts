@@ -131,7 +131,7 @@ export async function openShardedSave(folder: Folder, modelRel: string, signal?:
     else if (!n) {
       problems.push({ file: describe(e.name), detail: "is not a rank file of a sharded save (shard-NNNNN-model-00001-of-00001.safetensors), and a consolidator would read it as one" });
     } else if (n.index !== 1 || n.of !== 1) {
-      problems.push({ file: describe(e.name), detail: "names output file " + `${n.index} of ${n.of}; Automodel's sharded saves always name 1 of 1` });
+      problems.push({ file: describe(e.name), detail: `names output file ${n.index} of ${n.of}; Automodel's sharded saves always name 1 of 1` });
     } else if (n.number === 0) problems.push({ file: describe(e.name), detail: "is numbered 0, but rank files are numbered from 1 (rank + 1)" });
     else if (found.has(n.number)) problems.push({ file: describe(e.name), detail: `has the same rank number as ${found.get(n.number)}` });
     else found.set(n.number, e.name);

@@ -1,20 +1,19 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { BufferPool } from "../convert/buffer-pool.js";
-import type { FaultInjection } from "../convert/faults.js";
-import { InputError } from "../errors.js";
+import { prepareSavedConversion, savedConversionSummary, writeSavedConversion } from "../consolidate/convert.js";
 import { CONSOLIDATED_DIR } from "../consolidate/names.js";
 import { type PartSpec, assignFiles, checkPart, fingerprintRun } from "../consolidate/parts.js";
 import { type ConsolidateOptions, type ConsolidationPlan, planConsolidation } from "../consolidate/plan.js";
 import { type ShardedSave, locateShardedSave, openShardedSave } from "../consolidate/save.js";
-import { prepareSavedConversion, savedConversionSummary, writeSavedConversion } from "../consolidate/convert.js";
-import type { ConvertRequest, ConvertSummary } from "./convert.js";
 import { type MetadataFiles, listMetadataFiles, writeConsolidation } from "../consolidate/write.js";
-import { sha256 } from "./checks.js";
+import { BufferPool } from "../convert/buffer-pool.js";
+import type { FaultInjection } from "../convert/faults.js";
+import { InputError } from "../errors.js";
+import { type RunOutcome, finishRun, runPart } from "./consolidate-run.js";
+import type { ConvertRequest, ConvertSummary } from "./convert.js";
 import { LocalFolder } from "./local-folder.js";
 import { LocalOutput } from "./local-output.js";
 import { OutputFolder } from "./output-folder.js";
-import { type RunOutcome, finishRun, runPart } from "./consolidate-run.js";
 import { startWriteThread } from "./write-thread.js";
 
 export interface ConsolidateRequest extends ConsolidateOptions {
@@ -130,6 +129,8 @@ export async function consolidateCheckpoint(req: ConsolidateRequest): Promise<Co
     const place = { source: srcDir, allowedInside: path.join(modelDir, CONSOLIDATED_DIR), ...(req.force ? { force: true } : {}) };
     if (req.part || req.finish) {
       const count = req.part?.count;
+      // Loaded here: node:crypto costs start-up time a single process does not need to pay.
+      const { sha256 } = await import("./checks.js");
       const fingerprint = (n: number): Promise<string> => fingerprintRun(plan, n, req, sha256(), modificationTimes(opened), req.signal);
       const context = { plan, metadata, place, fingerprint, req };
       const outcome: RunOutcome = req.finish ? await finishRun(context, count) : await runPart(context, req.part!, assignFiles(plan.files, req.part!.count)[req.part!.index - 1]!);

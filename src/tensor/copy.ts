@@ -1,6 +1,6 @@
 import { sameShape } from "./tensor.js";
 import { type View, simplifyPair } from "./view.js";
-import { inArena, transposeInArena } from "./wasm/kernels.js";
+import { copyRowsInArena, inArena, transposeInArena } from "./wasm/kernels.js";
 
 type Words = Uint8Array | Uint16Array | Uint32Array;
 
@@ -99,6 +99,12 @@ function copy2d(
   n1: number,
 ): void {
   if (a1 === 1 && b1 === 1) {
+    // Many short rows (a column piece of a consolidated expert): one kernel call instead of a view per row.
+    if (n0 > 1 && inArena(a.buffer) && inArena(b.buffer)) {
+      const w = a.BYTES_PER_ELEMENT;
+      copyRowsInArena(a.byteOffset + aOff * w, b.byteOffset + bOff * w, n1 * w, n0, a0 * w, b0 * w);
+      return;
+    }
     for (let i = 0; i < n0; i++) {
       const from = aOff + i * a0;
       b.set(a.subarray(from, from + n1), bOff + i * b0);

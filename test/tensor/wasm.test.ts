@@ -51,6 +51,29 @@ describe("SIMD transposes in the kernel arena", () => {
     });
   }
 
+  it("strided rows (a column piece put in place) match the copy outside the arena", () => {
+    const rand = seededRandom(4242);
+    for (let k = 0; k < 200; k++) {
+      const item = [1, 2, 4, 8][rand.int(4)]!;
+      const rows = 1 + rand.int(40);
+      const cols = 1 + rand.int(40);
+      const width = cols + rand.int(40);
+      const at = rand.int(width - cols + 1);
+      // A [rows, cols] piece, contiguous, into columns [at, at + cols) of a [rows, width] tensor.
+      const src = pool.acquire(rows * cols * item);
+      const dst = pool.acquire(rows * width * item);
+      for (let i = 0; i < src.length; i++) src[i] = rand.int(256);
+      for (let i = 0; i < dst.length; i++) dst[i] = rand.int(256);
+      const plain = new Uint8Array(dst);
+      const dstView = slice(contiguous([rows, width]), 1, at, at + cols);
+      copyView(src, dst, item, contiguous([rows, cols]), dstView);
+      copyView(new Uint8Array(src), plain, item, contiguous([rows, cols]), dstView);
+      expect(Buffer.from(dst).equals(Buffer.from(plain)), `item ${item} rows ${rows} cols ${cols} width ${width} at ${at}`).toBe(true);
+      pool.release(src);
+      pool.release(dst);
+    }
+  });
+
   it("reuses freed arena space, lowest addresses first, and coalesces neighbours", () => {
     const a = pool.acquire(1000);
     const b = pool.acquire(1000);

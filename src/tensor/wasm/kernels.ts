@@ -10,6 +10,7 @@ interface Exports {
   transpose32(src: number, dst: number, rows: number, cols: number, ss: number, ds: number): void;
   widen_bf16(src: number, dst: number, count: number): void;
   dequant_e4m3_bf16(src: number, dst: number, count: number, scale: number): void;
+  copy_rows(src: number, dst: number, len: number, rows: number, ss: number, ds: number): void;
 }
 
 let loaded: Exports | null | undefined;
@@ -122,4 +123,9 @@ export function dequantE4m3InArena(src: number, dst: number, count: number, scal
   const whole = count - (count % 8);
   if (whole > 0) load()!.dequant_e4m3_bf16(src, dst, whole, scale);
   return whole;
+}
+
+/** `rows` runs of `len` bytes from `src` to `dst` (byte addresses in the arena), `ss` / `ds` bytes apart. */
+export function copyRowsInArena(src: number, dst: number, len: number, rows: number, ss: number, ds: number): void {
+  load()!.copy_rows(src, dst, len, rows, ss, ds);
 }
