@@ -262,6 +262,10 @@ export function checkDestination(dst: string, target: string, force: boolean): v
   }
 }
 
+/** A lock file younger than this with no pid in it yet belongs to a process creating it right now. */
+const FRESH_LOCK_MS = 2000;
+const pause = new Int32Array(new SharedArrayBuffer(4));
+
 export function takeLock(lock: string, dst: string): void {
   for (let attempt = 0; attempt < 2; attempt++) {
     try {
@@ -274,10 +278,16 @@ export function takeLock(lock: string, dst: string): void {
         throw new WriteError(`${lock}: cannot create the lock file: ${describeIoError(e)}`);
       }
       let pid = NaN;
-      try {
-        pid = Number(fs.readFileSync(lock, "utf8").trim());
-      } catch {
-        // Unreadable or vanished: treat as stale.
+      // A lock created (with "wx") whose pid is not written yet belongs to a process taking it this
+      // instant: give it a moment to say who it is rather than take it as stale.
+      for (let wait = 0; wait < 10; wait++) {
+        try {
+          pid = Number(fs.readFileSync(lock, "utf8").trim());
+          if (Number.isInteger(pid) || Date.now() - fs.statSync(lock).mtimeMs > FRESH_LOCK_MS) break;
+        } catch {
+          break; // Unreadable or vanished: treat as stale.
+        }
+        Atomics.wait(pause, 0, 0, 20);
       }
       if (Number.isInteger(pid) && pid > 0 && isAlive(pid)) {
         throw new InputError(`${dst} is being written by another omni-ckpt process (pid ${pid}); wait for it or choose another destination`);
