@@ -34,12 +34,8 @@ function readOwner(file: string): Owner | undefined {
 /** The owner of `file` when it is alive (waiting up to `staleMs` to see a heartbeat from another machine). */
 export async function liveOwner(file: string, staleMs = DEFAULT_STALE_MS): Promise<Owner | undefined> {
   const owner = readOwner(file);
-  if (!owner) {
-    // Being written this instant, or garbage: a moment later tells which.
-    await new Promise((r) => setTimeout(r, 50));
-    const again = readOwner(file);
-    return again && again.host === host ? (isAlive(again.pid) ? again : undefined) : again;
-  }
+  // Locks are created whole (see `acquire`): one that does not parse is garbage, or already gone.
+  if (!owner) return undefined;
   if (owner.host === host) return owner.pid !== process.pid && isAlive(owner.pid) ? owner : undefined;
   const until = Date.now() + staleMs;
   while (Date.now() < until) {
@@ -73,17 +69,18 @@ export class RunLock {
   static async acquire(file: string, what: string, options: { staleMs?: number; onStale?: (owner: string) => void } = {}): Promise<RunLock> {
     const lock = new RunLock(file);
     for (let attempt = 0; attempt < 2; attempt++) {
+      // Written whole under another name, then linked into place: the lock never exists without its owner
+      // in it, and link(2) fails if it exists, on NFS too.
+      const tmp = `${file}.${process.pid}.new`;
       try {
-        const fd = fs.openSync(file, "wx", 0o644);
-        try {
-          fs.writeSync(fd, lock.content());
-        } finally {
-          fs.closeSync(fd);
-        }
+        fs.writeFileSync(tmp, lock.content());
+        fs.linkSync(tmp, file);
         lock.startHeartbeat(options.staleMs ?? DEFAULT_STALE_MS);
         return lock;
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw new WriteError(`${file}: cannot create the lock file: ${describeIoError(e)}`);
+      } finally {
+        fs.rmSync(tmp, { force: true });
       }
       const owner = await liveOwner(file, options.staleMs);
       if (owner) throw new LockHeldError(`${what} is being written by ${describeOwner(owner)}; wait for it, or stop it and run again`);
