@@ -111,6 +111,7 @@ export function savedConversionSummary(prepared: PreparedSavedConversion, writte
     files: written.files,
     auxFiles: written.auxFiles,
     skippedFiles: [],
+    droppedFiles: [],
     auxListed: true,
     configChanged: plan.outputConfig !== undefined,
     warnings: plan.warnings,
