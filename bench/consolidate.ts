@@ -13,10 +13,11 @@ import { RSS_HOOK, type Sample, cacheRoot, checkpoint, clear, cli, dirBytes, dur
  */
 
 async function save(): Promise<string> {
-  const dir = path.join(cacheRoot, "bench-save-w4-ep2-v1", "model");
+  const hf = await checkpoint(1);
+  // Keyed by the HF checkpoint it is made from, so a new bench checkpoint makes a new save.
+  const dir = path.join(cacheRoot, `save-w4-ep2-of-${path.basename(hf)}`, "model");
   if (!fs.existsSync(path.join(dir, ".hf_metadata", "fqn_to_file_index_mapping.json"))) {
     fs.rmSync(path.dirname(dir), { recursive: true, force: true });
-    const hf = await checkpoint(1);
     process.stderr.write(`making the bench's sharded save in ${dir} (once; cached)…\n`);
     await synthesizeSave(hf, dir, { world: 4, ep: 2, maxFileSize: 300_000_000 });
   }

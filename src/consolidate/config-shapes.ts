@@ -7,8 +7,10 @@ import { parseExpertKey } from "../adapters/expert-keys.js";
  * shape, it is the check that catches that.
  *
  * Covered: the language model (embeddings, lm_head, norms, Mamba, attention, MLP and MoE layers, MTP
- * layers) and both projectors. Not covered: the vision encoder (`vision_model.*`; RADIO's config holds no
- * sizes) and the sound encoder (`sound_encoder.*`; Parakeet's sizes are not all in the config).
+ * layers), both projectors, and the encoders as far as their configs give sizes (RADIO's `vision_config`
+ * and Parakeet's `sound_config` as the release writes them; the configs Automodel's own fixtures carry
+ * give none). Never covered: what no config field sizes (RADIO's input normalisation, its position
+ * embedding's length, its MLP width; Parakeet's featurizer buffers).
  */
 
 export type ExpectedShape = readonly (number | undefined)[];
@@ -42,6 +44,28 @@ function product(a: Dim, b: Dim): Dim {
   return { n: a.n !== undefined && b.n !== undefined ? a.n * b.n : undefined, from: `${a.from} × ${b.from}` };
 }
 
+const VISION = "vision_model.radio_model.model.";
+const SOUND = "sound_encoder.encoder.";
+
+interface VisionDims {
+  readonly V: Dim;
+  readonly qkv: Dim;
+  readonly cls: Dim;
+}
+
+interface SoundDims {
+  readonly Hs: Dim;
+  readonly twice: Dim;
+  readonly inter: Dim;
+  readonly heads: Dim;
+  readonly headDim: Dim;
+  readonly kernel: Dim;
+  readonly channels: Dim;
+  readonly flat: Dim;
+  readonly mels: Dim;
+  readonly one: Dim;
+}
+
 /** What the config says about sizes, read once. */
 export class ConfigShapes {
   private readonly lm: string;
@@ -62,6 +86,8 @@ export class ConfigShapes {
   private readonly projector: Dim;
   private readonly sound: Dim;
   private readonly soundProjection: Dim;
+  private readonly vision: VisionDims;
+  private readonly parakeet: SoundDims;
   readonly omni: boolean;
 
   constructor(config: Raw) {
@@ -102,6 +128,39 @@ export class ConfigShapes {
     const sound = obj(config["sound_config"]);
     this.sound = dim(int(sound, "hidden_size"), "sound_config.hidden_size");
     this.soundProjection = dim(int(sound, "projection_hidden_size"), "sound_config.projection_hidden_size");
+
+    const vision = obj(config["vision_config"]);
+    const V = int(vision, "hidden_size") !== undefined ? dim(int(vision, "hidden_size"), "vision_config.hidden_size") : dim(vit, "vit_hidden_size");
+    // The patch embedding's input width is left alone: the Omni config's own `patch_size` is the image
+    // processor's, not RADIO's (Automodel's fixtures: 16, with 4-pixel RADIO patches).
+    this.vision = {
+      V,
+      qkv: { n: V.n !== undefined ? 3 * V.n : undefined, from: `3 × ${V.from}` },
+      cls: dim(int(vision, "num_cls_tokens"), "vision_config.num_cls_tokens"),
+    };
+    const Hs = this.sound;
+    const heads = int(sound, "num_attention_heads");
+    const C = int(sound, "subsampling_conv_channels");
+    const mels = int(sound, "num_mel_bins");
+    const factor = int(sound, "subsampling_factor");
+    this.parakeet = {
+      Hs,
+      twice: { n: Hs.n !== undefined ? 2 * Hs.n : undefined, from: `2 × ${Hs.from}` },
+      inter: dim(int(sound, "intermediate_size"), "sound_config.intermediate_size"),
+      heads: dim(heads, "sound_config.num_attention_heads"),
+      headDim: dim(Hs.n !== undefined && heads !== undefined && Hs.n % heads === 0 ? Hs.n / heads : undefined, "hidden_size / num_attention_heads"),
+      kernel: dim(int(sound, "conv_kernel_size"), "sound_config.conv_kernel_size"),
+      channels: dim(C, "sound_config.subsampling_conv_channels"),
+      // The subsampling flattens C channels of num_mel_bins / subsampling_factor frequencies.
+      flat: dim(C !== undefined && mels !== undefined && factor !== undefined && mels % factor === 0 ? (C * mels) / factor : undefined, "subsampling_conv_channels × num_mel_bins / subsampling_factor"),
+      mels: dim(mels, "sound_config.num_mel_bins"),
+      one: dim(1, "pointwise kernel"),
+    };
+  }
+
+  /** Whether config.json fixes the first axis of `name`: where a lost last rank file makes a tensor short. */
+  fixesFirstAxis(name: string): boolean {
+    return this.shapeOf(name)?.shape[0] !== undefined;
   }
 
   /** The shape config.json fixes for `name`, or undefined when it fixes none of its axes. */
@@ -116,9 +175,96 @@ export class ConfigShapes {
     if (this.omni) {
       const projector = this.projectorDims(name);
       if (projector) return projector;
+      if (name.startsWith(VISION)) return this.visionDims(name.slice(VISION.length));
+      if (name.startsWith(SOUND)) return this.soundDims(name.slice(SOUND.length));
       if (!name.startsWith(this.lm)) return undefined;
     }
     return this.languageModelDims(name.slice(this.lm.length));
+  }
+
+  /** RADIO, keys after `vision_model.radio_model.model.`. */
+  private visionDims(key: string): Dim[] | undefined {
+    const { V, qkv, cls } = this.vision;
+    const none = dim(undefined, "");
+    switch (key) {
+      case "patch_generator.cls_token.token":
+        return [cls, V];
+      case "patch_generator.embedder.weight":
+      case "patch_generator.video_embedder.weight":
+        return [V, none];
+      case "patch_generator.pos_embed":
+        return [none, none, V];
+    }
+    const m = /^blocks\.[0-9]+\.(.+)$/s.exec(key);
+    switch (m?.[1]) {
+      case "norm1.weight":
+      case "norm1.bias":
+      case "norm2.weight":
+      case "norm2.bias":
+      case "attn.proj.bias":
+      case "mlp.fc2.bias":
+        return [V];
+      case "attn.qkv.weight":
+        return [qkv, V];
+      case "attn.qkv.bias":
+        return [qkv];
+      case "attn.proj.weight":
+        return [V, V];
+      case "mlp.fc1.weight":
+        return [none, V];
+      case "mlp.fc2.weight":
+        return [V, none];
+      default:
+        return undefined;
+    }
+  }
+
+  /** Parakeet, keys after `sound_encoder.encoder.`. */
+  private soundDims(key: string): Dim[] | undefined {
+    const { Hs, twice, inter, heads, headDim, kernel, channels, flat, mels, one } = this.parakeet;
+    const none = dim(undefined, "");
+    switch (key) {
+      case "subsampling.linear.weight":
+        return [Hs, flat];
+      case "subsampling.linear.bias":
+        return [Hs];
+      case "feature_extractor.featurizer.fb":
+        return [none, mels, none];
+    }
+    const sub = /^subsampling\.layers\.[0-9]+\.(weight|bias)$/.exec(key);
+    if (sub) return sub[1] === "bias" ? [channels] : [channels, none, none, none];
+    const m = /^layers\.[0-9]+\.(.+)$/s.exec(key);
+    const rest = m?.[1];
+    if (rest === undefined) return undefined;
+    if (/^norm_(?:feed_forward1|self_att|conv|feed_forward2|out)\.(?:weight|bias)$/.test(rest)) return [Hs];
+    if (/^conv\.norm\.(?:weight|bias|running_mean|running_var)$/.test(rest)) return [Hs];
+    if (/^self_attn\.(?:q|k|v|o|relative_k)_proj\.weight$/.test(rest)) return [Hs, Hs];
+    if (/^self_attn\.(?:q|k|v|o|relative_k)_proj\.bias$/.test(rest)) return [Hs];
+    switch (rest) {
+      case "feed_forward1.linear1.weight":
+      case "feed_forward2.linear1.weight":
+        return [inter, Hs];
+      case "feed_forward1.linear1.bias":
+      case "feed_forward2.linear1.bias":
+        return [inter];
+      case "feed_forward1.linear2.weight":
+      case "feed_forward2.linear2.weight":
+        return [Hs, inter];
+      case "feed_forward1.linear2.bias":
+      case "feed_forward2.linear2.bias":
+        return [Hs];
+      case "self_attn.bias_u":
+      case "self_attn.bias_v":
+        return [heads, headDim];
+      case "conv.pointwise_conv1.weight":
+        return [twice, Hs, one];
+      case "conv.depthwise_conv.weight":
+        return [Hs, none, kernel];
+      case "conv.pointwise_conv2.weight":
+        return [Hs, Hs, one];
+      default:
+        return undefined;
+    }
   }
 
   private projectorDims(name: string): Dim[] | undefined {
@@ -218,5 +364,7 @@ export class ConfigShapes {
   }
 }
 
-/** The parts of a model no config field sizes, named as the README names them. */
-export const UNCHECKED_COMPONENTS = ["vision_model.*", "sound_encoder.*"] as const;
+/** Names with their layer and block numbers as `N`: how unchecked tensors are listed. */
+export function namePattern(name: string): string {
+  return name.replace(/\.[0-9]+\./g, ".N.");
+}

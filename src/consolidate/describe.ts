@@ -1,7 +1,7 @@
 import { parseModelConfig } from "../adapters/config.js";
 import { byteLength } from "../tensor/tensor.js";
 import { assemble } from "./assemble.js";
-import { ConfigShapes } from "./config-shapes.js";
+import { ConfigShapes, namePattern } from "./config-shapes.js";
 import { IncompleteSaveError, planConsolidation } from "./plan.js";
 import { type ShardedSave, violationLine } from "./save.js";
 
@@ -23,8 +23,11 @@ export interface ShardedSaveReport {
   /** Entries of fqn_to_dtype_mapping.json, when there is one. */
   readonly dtypeMapping?: number;
   readonly model?: { readonly kind: "omni" | "nemotron_h"; readonly layers: number; readonly experts?: number; readonly hidden?: number };
-  /** Tensors whose shape config.json fixes (a lost rank file shows as a short tensor there), and how many it does not. */
-  readonly configChecked: { readonly tensors: number; readonly unchecked: number };
+  /**
+   * Tensors whose first axis config.json fixes (where a lost last rank file shows as a short tensor), and
+   * the others with at least one axis, by name pattern (layer numbers as N).
+   */
+  readonly configChecked: { readonly tensors: number; readonly unchecked: number; readonly uncheckedPatterns: readonly string[] };
   /** What consolidation would write, when the save is complete. */
   readonly consolidate?: {
     readonly tensors: number;
@@ -48,6 +51,8 @@ export function describeShardedSave(save: ShardedSave, location = save.where): S
   const config = save.metadata.config;
   let model: ShardedSaveReport["model"];
   let checked = 0;
+  let unchecked = 0;
+  const patterns = new Set<string>();
   if (config) {
     const c = parseModelConfig(config.values, config.file);
     model = {
@@ -57,7 +62,13 @@ export function describeShardedSave(save: ShardedSave, location = save.where): S
       ...(c.llm.hiddenSize !== undefined ? { hidden: c.llm.hiddenSize } : {}),
     };
     const shapes = new ConfigShapes(config.values);
-    for (const name of save.tensors.keys()) if (shapes.shapeOf(name)) checked++;
+    for (const t of save.tensors.values()) {
+      if (shapes.fixesFirstAxis(t.name)) checked++;
+      else if (t.pieces[0]!.entry.shape.length > 0) {
+        unchecked++;
+        patterns.add(namePattern(t.name));
+      }
+    }
   }
   let consolidate: ShardedSaveReport["consolidate"];
   let problems: string[] = [];
@@ -90,7 +101,7 @@ export function describeShardedSave(save: ShardedSave, location = save.where): S
     ...(fileIndex ? { mapping: { tensors: fileIndex.size, files: assembly.fileCount } } : {}),
     ...(save.metadata.dtypes ? { dtypeMapping: save.metadata.dtypes.size } : {}),
     ...(model ? { model } : {}),
-    configChecked: { tensors: checked, unchecked: save.tensors.size - checked },
+    configChecked: { tensors: checked, unchecked, uncheckedPatterns: [...patterns] },
     ...(consolidate ? { consolidate } : {}),
     problems,
   };

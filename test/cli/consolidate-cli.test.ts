@@ -11,6 +11,8 @@ afterAll(() => fs.rmSync(work, { recursive: true, force: true }));
 
 const cases = fs.readdirSync(consolidateDir).filter((n) => fs.statSync(path.join(consolidateDir, n)).isDirectory()).sort();
 
+const esc = (text: string): string => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+
 /** Every file of a folder, name → bytes. */
 function filesIn(dir: string): Map<string, Buffer> {
   return new Map(fs.readdirSync(dir).sort().map((f) => [f, fs.readFileSync(path.join(dir, f))]));
@@ -124,18 +126,21 @@ describe("a broken save through the CLI", () => {
     const r = runCli(["consolidate", src, dst]);
     expect(r.code).toBe(2);
     const lines = r.stderr.trimEnd().split("\n");
-    expect(lines[0]).toBe(
-      `omni-ckpt: error: ${path.join(src, "shard-00002-model-00001-of-00001.safetensors")}: may be missing: 47 tensors whose shape the config gives come out short (the first, "mlp1.0.weight", ends at 16 of 32 on axis 0), as when the last rank's file is lost`,
+    expect(lines[0]).toMatch(
+      new RegExp(
+        `^omni-ckpt: error: ${esc(path.join(src, "shard-00002-model-00001-of-00001.safetensors"))}: may be missing: \\d+ tensors whose shape the config gives come out short \\(the first, "vision_model\\.radio_model\\.model\\.patch_generator\\.embedder\\.weight", ends at 4 of 8 on axis 0\\), as when the last rank's file is lost$`,
+      ),
     );
     expect(lines.every((l) => l.startsWith("omni-ckpt: error: ") || /^omni-ckpt: … and \d+ more$/.test(l))).toBe(true);
     expect(lines).toContain(
       `omni-ckpt: error: ${src}: tensor "language_model.backbone.embeddings.weight": no piece holds elements [32:64, 0:16] of [64, 16] (512 of 1024 elements are in no rank file): the pieces end at 32 on axis 0 but the config gives 64 (vocab_size 64, hidden_size 16); a rank file may be missing`,
     );
     // Fifty lines at most, then how many more; inspect lists them all.
-    expect(lines.length).toBe(51);
-    expect(lines[50]).toBe("omni-ckpt: … and 16 more");
     const all = (JSON.parse(runCli(["inspect", "--json", src]).stdout) as { problems: string[] }).problems;
-    expect(all.length).toBe(66);
+    expect(all.length).toBeGreaterThan(50);
+    expect(lines.length).toBe(51);
+    expect(lines[50]).toBe(`omni-ckpt: … and ${all.length - 50} more`);
+    expect(lines.slice(0, 50)).toEqual(all.slice(0, 50).map((l) => `omni-ckpt: error: ${l}`));
     expect(all).toContain(`${path.join(src, ".hf_metadata/fqn_to_file_index_mapping.json")}: tensor "vision_model.radio_model.input_conditioner.norm_std": is listed for output file 1, but no rank file holds a piece of it`);
     expect(fs.existsSync(dst)).toBe(false);
     expect(leftovers(dst)).toEqual([]);

@@ -15,7 +15,6 @@ const M = "ckpt/model";
 const META = `${M}/.hf_metadata`;
 const vis = "vision_model.radio_model.model.blocks.0.mlp.fc1.weight";
 const emb = "language_model.backbone.embeddings.weight";
-const cls = "vision_model.radio_model.model.patch_generator.cls_token.token";
 
 let base: Files;
 beforeAll(async () => {
@@ -61,8 +60,11 @@ describe("rank files", () => {
       `${M}: tensor "language_model.backbone.layers.0.mixer.in_proj.weight": no piece holds elements [46:68, 0:16] of [68, 16] (352 of 1088 elements are in no rank file): the pieces end at 46 on axis 0 but the config gives 68 (2 × mamba_num_heads × mamba_head_dim + 2 × n_groups × ssm_state_size + mamba_num_heads 68, hidden_size 16); a rank file may be missing`,
     );
     expect(p).toContain(`${M}: tensor "mlp1.1.weight": no piece holds elements [16:24, 0:32] of [24, 32] (256 of 768 elements are in no rank file): the pieces end at 16 on axis 0 but the config gives 24 (projector_hidden_size 24, vit_hidden_size / downsample_ratio² 32); a rank file may be missing`);
-    // The vision and sound encoders' shapes are not in the config: their short tensors go unseen (README).
-    expect(p.some((l) => l.includes('"vision_model.'))).toBe(false);
+    // What no config field sizes on its first axis (RADIO's MLP width) comes out short unseen (README).
+    expect(p.some((l) => l.includes(`"${vis}"`))).toBe(false);
+    expect(p).toContain(
+      `${M}: tensor "vision_model.radio_model.model.blocks.0.attn.qkv.weight": no piece holds elements [16:24, 0:8] of [24, 8] (64 of 192 elements are in no rank file): the pieces end at 16 on axis 0 but the config gives 24 (3 × vision_config.hidden_size 24, vision_config.hidden_size 8); a rank file may be missing`,
+    );
   });
 
   it.each([
@@ -117,15 +119,19 @@ describe("pieces", () => {
   });
 
   it("FP8 pieces the base model had in bf16: restoring would cast codes without their scales", async () => {
+    // RADIO's MLP bias, whose length no config field gives: saved as twice as many one-byte codes.
+    const bias = "vision_model.radio_model.model.blocks.0.mlp.fc1.bias";
     const p = await problems((f) => {
-      for (const off of [[0, 0], [1, 0], [2, 0]]) {
-        editRank(f, rankHolding(f, cls, off), (e) => {
-          e[cls]!.dtype = "F8_E4M3";
-          e[cls]!.shape = [e[cls]!.shape[0]!, 16];
+      const ranks = [0, 11, 22].map((off) => [off, rankHolding(f, bias, [off])] as const);
+      for (const [off, rank] of ranks) {
+        editRank(f, rank, (e, info) => {
+          e[bias]!.dtype = "F8_E4M3";
+          e[bias]!.shape = [2 * e[bias]!.shape[0]!];
+          info[bias] = { saved_offsets: [2 * off] };
         });
       }
     });
-    expect(p).toEqual([`${M}: tensor "${cls}": is saved as F8_E4M3 and the base model had BF16: restoring would cast FP8 codes without their scales, giving wrong weights; refusing`]);
+    expect(p).toEqual([`${M}: tensor "${bias}": is saved as F8_E4M3 and the base model had BF16: restoring would cast FP8 codes without their scales, giving wrong weights; refusing`]);
   });
 });
 

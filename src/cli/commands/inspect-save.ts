@@ -1,5 +1,4 @@
 import type { ShardedSaveReport } from "../../consolidate/describe.js";
-import { UNCHECKED_COMPONENTS } from "../../consolidate/config-shapes.js";
 import { EXIT_INPUT } from "../../errors.js";
 import { formatBytes, formatCount, table } from "../format.js";
 import { printJson, say, warn } from "../output.js";
@@ -23,9 +22,13 @@ function render(r: ShardedSaveReport): string {
     const m = r.model;
     lines.push("");
     lines.push(`model: ${m.kind === "omni" ? "Nemotron Omni" : "NemotronH"}, ${m.layers} language-model layers${m.hidden !== undefined ? `, hidden ${m.hidden}` : ""}${m.experts !== undefined ? `, ${m.experts} experts per MoE layer` : ""}`);
-    lines.push(
-      `config.json fixes the shapes of ${formatCount(r.configChecked.tensors)} tensors; ${formatCount(r.configChecked.unchecked)} others (${UNCHECKED_COMPONENTS.join(", ")}: the encoders' configs hold no sizes) are checked only against their own pieces`,
-    );
+    const c = r.configChecked;
+    lines.push(`config.json fixes the first axis of ${plural(c.tensors, "tensor")}, where a lost last rank file would show`);
+    if (c.unchecked > 0) {
+      const shown = c.uncheckedPatterns.slice(0, 8).join(", ");
+      const more = c.uncheckedPatterns.length > 8 ? `, … (${c.uncheckedPatterns.length - 8} more names)` : "";
+      lines.push(`not by the config, only against their own pieces: ${plural(c.unchecked, "tensor")} (${shown}${more})`);
+    }
   }
   lines.push("");
   const c = r.consolidate;
