@@ -3,6 +3,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { synthesize } from "../src/node/synth.js";
+import { parseConfigText } from "../src/safetensors/checkpoint.js";
 import { dequantizeSection } from "./dequantize.js";
 import { httpSection } from "./http.js";
 import { loraSection } from "./lora.js";
@@ -163,7 +164,9 @@ async function main(): Promise<void> {
 
 /** The largest tensor a conversion of the bench model writes: one grouped expert tensor. */
 function largestTensorBytes(dir: string): number {
-  const config = JSON.parse(fs.readFileSync(path.join(dir, "config.json"), "utf8")) as { llm_config: { n_routed_experts: number; hidden_size: number; moe_intermediate_size: number; vocab_size: number } };
+  const file = path.join(dir, "config.json");
+  // Read as the library reads configs: the synthetic one, like the release's, holds Python's Infinity.
+  const config = parseConfigText(fs.readFileSync(file, "utf8"), file).values as { llm_config: { n_routed_experts: number; hidden_size: number; moe_intermediate_size: number; vocab_size: number } };
   const c = config.llm_config;
   return Math.max(c.n_routed_experts * c.hidden_size * c.moe_intermediate_size, c.vocab_size * c.hidden_size) * 2;
 }
