@@ -25,7 +25,18 @@ export interface HttpBody {
 }
 
 export interface HttpBodyReader {
+  /**
+   * The next bytes of the body. They may be a view of the transport's own buffer, valid only until the
+   * next `read` (the Node transport reuses one buffer per connection): copy what must be kept.
+   */
   read(): Promise<{ done: false; value: Uint8Array } | { done: true; value?: Uint8Array }>;
+  /**
+   * Read the rest of the body straight into place, where the transport can (a length-framed body over the
+   * Node transport: the kernel copies each packet into its destination, and no byte passes through a
+   * buffer of ours). `target(offset)` gives the memory for the body's bytes from `offset` on; `landed`
+   * says how many arrived there. Resolves when the body has ended; without this method, `read` it is.
+   */
+  readInto?(target: (offset: number) => Uint8Array, landed: (offset: number, n: number) => void): Promise<void>;
   cancel(reason?: unknown): Promise<void>;
 }
 
@@ -391,7 +402,8 @@ export async function readBounded(
         reader.cancel().catch(() => undefined);
         throw tooLong();
       }
-      parts.push(value);
+      // Kept past the next read, so copied (see HttpBodyReader.read).
+      parts.push(value.slice());
     }
   } catch (e) {
     throw attempt.failure(e, name, url);

@@ -42,6 +42,16 @@ export interface RemoteFile {
 
 const MAX_HEAD = 16 * 1024 * 1024;
 
+/**
+ * Where a request's bytes go: copied in by `deliver`, or, when the transport reads straight into memory,
+ * into the view `target(at)` gives for position `at`, with `landed` told what arrived.
+ */
+interface RangeSink {
+  deliver(bytes: Uint8Array, at: number): void;
+  target?(at: number): Uint8Array;
+  landed?(at: number, n: number): void;
+}
+
 interface PendingRead {
   readonly file: RemoteFile;
   readonly into: Uint8Array;
@@ -179,8 +189,15 @@ export class RemoteReader {
    * Read a body, handing each piece on as it arrives. More bytes than `length` is the server's error;
    * fewer (the connection dropped) is worth a retry, from where it stopped.
    */
-  private async stream(r: HttpResponse, name: string, attempt: Attempt, url: string, length: number, take: (bytes: Uint8Array) => void): Promise<void> {
-    const reader = r.body?.getReader();
+  private async stream(
+    r: HttpResponse,
+    name: string,
+    attempt: Attempt,
+    url: string,
+    length: number,
+    take: (bytes: Uint8Array) => void,
+    reader = r.body?.getReader(),
+  ): Promise<void> {
     let got = 0;
     if (reader) {
       try {
@@ -227,7 +244,7 @@ export class RemoteReader {
    * Bytes [start, end) of a file, in one request (resumed where it stopped if the connection drops),
    * each piece handed to `deliver` with its position as it arrives, in order.
    */
-  async fetchRange(file: RemoteFile, range: ByteRange, signal: AbortSignal | undefined, deliver: (bytes: Uint8Array, at: number) => void): Promise<void> {
+  async fetchRange(file: RemoteFile, range: ByteRange, signal: AbortSignal | undefined, sink: RangeSink): Promise<void> {
     let pos = range.start;
     await this.client.retrying(file.name, signal, async (attempt) => {
       const url = file.location;
@@ -242,16 +259,53 @@ export class RemoteReader {
           discard(r);
           throw new InputError(`${file.name}: the server answered bytes ${want.start}-${want.end - 1} with Content-Range ${JSON.stringify(header)}`);
         }
-        this.same(file, got, cr.total);
+        try {
+          this.same(file, got, cr.total);
+        } catch (e) {
+          discard(r);
+          throw e;
+        }
         const length = r.headers.get("content-length");
         if (length !== null && Number(length) !== want.end - want.start) {
           discard(r);
           throw new InputError(`${file.name}: Content-Length ${length} disagrees with Content-Range ${header}`);
         }
-        await this.stream(r, file.name, attempt, got.url, want.end - want.start, (bytes) => {
-          deliver(bytes, pos);
-          pos += bytes.byteLength;
-        });
+        const reader = r.body?.getReader();
+        const readInto = reader?.readInto?.bind(reader);
+        if (readInto && sink.target) {
+          // Straight into the reads' memory; `pos` follows what landed, so a retry resumes there.
+          const start = pos;
+          const length = want.end - want.start;
+          try {
+            await readInto(
+              (offset) => {
+                if (offset >= length) throw new InputError(`${file.name}: the server sent more than the ${length} bytes asked for`);
+                return sink.target!(start + offset).subarray(0, length - offset);
+              },
+              (offset, n) => {
+                attempt.touch();
+                sink.landed!(start + offset, n);
+                pos = start + offset + n;
+              },
+            );
+          } catch (e) {
+            throw attempt.failure(e, file.name, new URL(got.url));
+          }
+          if (pos < want.end) throw new Transient(`the response ended after ${pos - want.start} of ${length} bytes`);
+          return;
+        }
+        await this.stream(
+          r,
+          file.name,
+          attempt,
+          got.url,
+          want.end - want.start,
+          (bytes) => {
+            sink.deliver(bytes, pos);
+            pos += bytes.byteLength;
+          },
+          reader,
+        );
         return;
       }
       discard(r);
@@ -324,17 +378,36 @@ export class RemoteReader {
   private async run(file: RemoteFile, group: PendingRead[], range: ByteRange, signal: AbortSignal | undefined): Promise<void> {
     group.sort((a, b) => a.position - b.position || a.end - b.end);
     let first = 0;
-    const deliver = (bytes: Uint8Array, at: number): void => {
+    /** Copy bytes at `at` into every read they belong to, but `except` (which holds them already). */
+    const spread = (bytes: Uint8Array, at: number, except?: PendingRead): void => {
       const stop = at + bytes.byteLength;
       for (let i = first; i < group.length; i++) {
         const r = group[i]!;
         if (r.position >= stop) break;
         const lo = Math.max(at, r.position);
         const hi = Math.min(stop, r.end);
-        if (hi > lo) r.into.set(bytes.subarray(lo - at, hi - at), lo - r.position);
+        if (hi > lo && r !== except) r.into.set(bytes.subarray(lo - at, hi - at), lo - r.position);
       }
-      // Bytes arrive in order, so a read whose end has been reached is complete; those that end the
-      // request wait for its end, so a body running on past the range fails at least one of them.
+      settle(stop);
+    };
+    /** The read bytes at `at` are read straight into: the first not yet complete that holds them. */
+    let holder: PendingRead | undefined;
+    const sink: RangeSink = {
+      deliver: (bytes, at) => spread(bytes, at),
+      target: (at) => {
+        holder = undefined;
+        for (let i = first; i < group.length && !holder; i++) if (group[i]!.position <= at && at < group[i]!.end) holder = group[i]!;
+        if (!holder) throw new Error(`internal: no read holds byte ${at}`);
+        return holder.into.subarray(at - holder.position);
+      },
+      landed: (at, n) => {
+        const r = holder!;
+        spread(r.into.subarray(at - r.position, at - r.position + n), at, r);
+      },
+    };
+    // Bytes arrive in order, so a read whose end has been reached is complete; those that end the
+    // request wait for its end, so a body running on past the range fails at least one of them.
+    const settle = (stop: number): void => {
       for (let i = first; i < group.length; i++) {
         const r = group[i]!;
         if (r.position >= stop) break;
@@ -346,7 +419,7 @@ export class RemoteReader {
       while (first < group.length && (group[first]!.settled || group[first]!.end <= stop)) first++;
     };
     try {
-      await this.fetchRange(file, range, signal, deliver);
+      await this.fetchRange(file, range, signal, sink);
       for (const r of group) {
         if (!r.settled) {
           r.settled = true;

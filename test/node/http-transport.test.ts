@@ -1,0 +1,143 @@
+import * as net from "node:net";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { HttpResponse } from "../../src/io/http-client.js";
+import { nodeFetch } from "../../src/node/http-transport.js";
+
+/**
+ * The Node transport speaks HTTP/1.1 itself over sockets (src/node/http-transport.ts): these tests talk to
+ * it from a raw TCP server that writes responses exactly as given, a byte at a time where it matters, so
+ * the framing cases a real server's packets can produce are all met.
+ */
+
+type Reply = (socket: net.Socket, request: string) => void;
+let reply: Reply = () => undefined;
+const connections: net.Socket[] = [];
+let server: net.Server;
+let base: string;
+
+beforeAll(async () => {
+  server = net.createServer((socket) => {
+    connections.push(socket);
+    let pending = "";
+    socket.on("data", (d) => {
+      pending += d.toString("latin1");
+      const end = pending.indexOf("\r\n\r\n");
+      if (end < 0) return;
+      const request = pending.slice(0, end);
+      pending = pending.slice(end + 4);
+      reply(socket, request);
+    });
+    socket.on("error", () => undefined);
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  base = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
+});
+afterAll(() => {
+  for (const s of connections) s.destroy();
+  server.close();
+});
+
+const get = (path: string, signal = new AbortController().signal): Promise<HttpResponse> => nodeFetch(`${base}${path}`, { headers: { range: "bytes=0-" }, redirect: "manual", signal });
+
+async function text(r: HttpResponse): Promise<string> {
+  const reader = r.body!.getReader();
+  let out = "";
+  for (;;) {
+    const next = await reader.read();
+    if (next.done) return out;
+    out += Buffer.from(next.value).toString("latin1");
+  }
+}
+
+/** Write `bytes` to the socket one byte per write, each after the last has gone out. */
+async function trickle(socket: net.Socket, bytes: string): Promise<void> {
+  for (const c of bytes) {
+    await new Promise<void>((resolve) => socket.write(c, "latin1", () => resolve()));
+    await new Promise((r) => setTimeout(r, 1));
+  }
+}
+
+describe("the Node HTTP transport", () => {
+  it("sends the request's headers and reads a length-framed body, keeping the connection for the next", async () => {
+    const seen: string[] = [];
+    reply = (socket, request) => {
+      seen.push(request);
+      socket.write(`HTTP/1.1 206 Partial Content\r\nContent-Length: 5\r\nContent-Range: bytes 0-4/5\r\nETag: "x"\r\n\r\nhello`);
+    };
+    const before = connections.length;
+    const a = await get("/a");
+    expect([a.status, a.statusText, a.headers.get("ETag"), a.headers.get("content-range")]).toEqual([206, "Partial Content", '"x"', "bytes 0-4/5"]);
+    expect(await text(a)).toBe("hello");
+    const b = await get("/b?sig=1");
+    expect(await text(b)).toBe("hello");
+    expect(connections.length - before).toBe(1);
+    expect(seen.at(-2)).toMatch(/^GET \/a HTTP\/1\.1\r\nHost: 127\.0\.0\.1:\d+\r\nrange: bytes=0-\r\nConnection: keep-alive$/);
+    expect(seen.at(-1)).toMatch(/^GET \/b\?sig=1 HTTP\/1\.1\r\n/);
+  });
+
+  it("finds a head split anywhere across packets, the blank line included", async () => {
+    reply = (socket) => void trickle(socket, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc");
+    const r = await get("/split");
+    expect(r.status).toBe(200);
+    expect(await text(r)).toBe("abc");
+  });
+
+  it("reads chunked bodies (extensions and trailers too) and bodies that end with the connection", async () => {
+    reply = (socket) => void trickle(socket, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4;x=y\r\nWiki\r\n5\r\npedia\r\n0\r\nX-T: 1\r\n\r\n");
+    expect(await text(await get("/chunked"))).toBe("Wikipedia");
+    reply = (socket) => socket.end("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nto the end");
+    expect(await text(await get("/close"))).toBe("to the end");
+  });
+
+  it("reads a large body straight into place, telling where each part landed", async () => {
+    const size = 3_000_001;
+    const body = Buffer.alloc(size);
+    for (let i = 0; i < size; i++) body[i] = (i * 7 + 3) & 0xff;
+    reply = (socket) => {
+      socket.write(`HTTP/1.1 206 Partial Content\r\nContent-Length: ${size}\r\n\r\n`);
+      // In pieces of odd sizes, so packets end anywhere.
+      for (let at = 0; at < size; at += 65_521) socket.write(body.subarray(at, Math.min(size, at + 65_521)));
+    };
+    const r = await get("/big");
+    const into = new Uint8Array(size);
+    const landed: [number, number][] = [];
+    await r.body!.getReader().readInto!(
+      (offset) => into.subarray(offset),
+      (offset, n) => landed.push([offset, n]),
+    );
+    expect(Buffer.from(into).equals(body)).toBe(true);
+    let next = 0;
+    for (const [offset, n] of landed) {
+      expect(offset).toBe(next);
+      next += n;
+    }
+    expect(next).toBe(size);
+    expect(landed.length).toBeGreaterThan(3);
+  });
+
+  it("fails a body that ends early or runs past its length, and closes that connection", async () => {
+    reply = (socket) => socket.end("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort");
+    await expect(text(await get("/short"))).rejects.toThrow("the connection closed before the response ended");
+    reply = (socket) => socket.write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nabcdef");
+    await expect(text(await get("/long"))).rejects.toMatchObject({ code: "EPROTO", message: "the server sent more than its response's length" });
+    reply = (socket) => socket.write("SSH-2.0-nope\r\n\r\n");
+    await expect(get("/not-http")).rejects.toMatchObject({ code: "EPROTO" });
+  });
+
+  it("an abort fails the request in flight, and a body of an earlier response reads as ended", async () => {
+    reply = () => undefined; // never answers
+    const controller = new AbortController();
+    const pending = get("/hang", controller.signal);
+    setTimeout(() => controller.abort(), 20);
+    await expect(pending).rejects.toMatchObject({ name: "AbortError" });
+
+    reply = (socket) => socket.write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    const first = await get("/first");
+    const reader = first.body!.getReader();
+    expect(await text(first)).toBe("ok");
+    const second = await get("/second");
+    // The connection now serves the second response: the first's reader must not take its bytes.
+    expect(await reader.read()).toEqual({ done: true });
+    expect(await text(second)).toBe("ok");
+  });
+});
