@@ -141,3 +141,36 @@ describe("the Node HTTP transport", () => {
     expect(await text(second)).toBe("ok");
   });
 });
+
+describe("the Node HTTP transport over TLS", () => {
+  it("reads bodies, by view and straight into place, from an HTTPS server (a self-signed test certificate)", async () => {
+    const https = await import("node:https");
+    const fs = await import("node:fs");
+    const path = await import("node:path");
+    const { repoRoot } = await import("../helpers/fixtures.js");
+    const dir = path.join(repoRoot, "test/fixtures/tls");
+    const body = Buffer.alloc(2_000_003);
+    for (let i = 0; i < body.length; i++) body[i] = (i * 13) & 0xff;
+    const tlsServer = https.createServer({ key: fs.readFileSync(path.join(dir, "key.pem")), cert: fs.readFileSync(path.join(dir, "cert.pem")) }, (_req, res) => {
+      res.writeHead(206, { "content-length": body.length, "content-range": `bytes 0-${body.length - 1}/${body.length}` });
+      res.end(body);
+    });
+    await new Promise<void>((resolve) => tlsServer.listen(0, "127.0.0.1", resolve));
+    // The test certificate is its own issuer: trusted for this test only.
+    const before = process.env["NODE_TLS_REJECT_UNAUTHORIZED"];
+    process.env["NODE_TLS_REJECT_UNAUTHORIZED"] = "0";
+    try {
+      const url = `https://localhost:${(tlsServer.address() as net.AddressInfo).port}/x`;
+      const viewed = await nodeFetch(url, { headers: {}, redirect: "manual", signal: new AbortController().signal });
+      expect(Buffer.from(await text(viewed), "latin1").equals(body)).toBe(true);
+      const direct = await nodeFetch(url, { headers: {}, redirect: "manual", signal: new AbortController().signal });
+      const into = new Uint8Array(body.length);
+      await direct.body!.getReader().readInto!((o) => into.subarray(o), () => undefined);
+      expect(Buffer.from(into).equals(body)).toBe(true);
+    } finally {
+      if (before === undefined) delete process.env["NODE_TLS_REJECT_UNAUTHORIZED"];
+      else process.env["NODE_TLS_REJECT_UNAUTHORIZED"] = before;
+      tlsServer.close();
+    }
+  });
+});
