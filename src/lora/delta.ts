@@ -75,6 +75,12 @@ interface State {
 }
 
 /**
+ * Region ids, unique in the process: the helper thread outlives any one merge and keeps a region's
+ * factors by id, so two merges (one after the other, or at once) must never share one.
+ */
+let nextRegionId = 0;
+
+/**
  * Adds LoRA deltas to the weights of each chunk a stream writes (`streamTensors`' `transform`): for the
  * elements of a region a chunk holds, which may start and end mid-row, the delta rows are computed by the
  * SIMD matmul and added in the weight's dtype. A region's factors are built from the adapter on its first
@@ -102,7 +108,8 @@ export class DeltaApplier {
       const sources = [...new Set([...region.left.pieces, ...region.right.pieces].map((p) => p.src))];
       for (const s of sources) this.refs.set(s, (this.refs.get(s) ?? 0) + 1);
       const list = this.byTensor.get(region.tensor) ?? [];
-      list.push({ id: this.remaining++, region, sources, done: 0 });
+      this.remaining++;
+      list.push({ id: nextRegionId++, region, sources, done: 0 });
       this.byTensor.set(region.tensor, list);
     }
     for (const list of this.byTensor.values()) list.sort((a, b) => a.region.offset - b.region.offset);

@@ -64,3 +64,32 @@ describe("the delta helper thread", () => {
     expect(fs.readdirSync(path.join(work, "a")).sort()).toEqual(fs.readdirSync(base).sort());
   });
 });
+
+describe("the delta helper thread across merges", () => {
+  it("two merges in one process, one after the other and at once, each give what a merge alone gives", async () => {
+    const base = new MemoryOutput("small");
+    await writeSynth(planSynth({ preset: "small", seed: 3 }), base);
+    const helper = deltaThreadFor(new BufferPool().memory)!;
+    // Two different adapters of the same base: the helper keeps factors per region, and must not mix them.
+    const adapters = [1, 2].map((seed) => automodelAdapter(shapes(base.files), { rank: 8, expertRank: 4, alpha: 16, seed }));
+    const alone = await Promise.all(
+      adapters.map(async (a, i) => {
+        const out = new MemoryOutput(`alone-${i}`);
+        await mergeFolders(new MemoryFolder(base.files), new MemoryFolder(a.files), out, {});
+        return out;
+      }),
+    );
+    const expectSame = (got: MemoryOutput, want: MemoryOutput): void => {
+      expect([...got.files.keys()]).toEqual([...want.files.keys()]);
+      for (const [rel, bytes] of want.files) expect(Buffer.from(got.files.get(rel)!).equals(Buffer.from(bytes)), rel).toBe(true);
+    };
+    for (const [i, a] of adapters.entries()) {
+      const out = new MemoryOutput(`after-${i}`);
+      await mergeFolders(new MemoryFolder(base.files), new MemoryFolder(a.files), out, { helper });
+      expectSame(out, alone[i]!);
+    }
+    const together = adapters.map((_, i) => new MemoryOutput(`together-${i}`));
+    await Promise.all(adapters.map((a, i) => mergeFolders(new MemoryFolder(base.files), new MemoryFolder(a.files), together[i]!, { helper })));
+    together.forEach((out, i) => expectSame(out, alone[i]!));
+  });
+});
