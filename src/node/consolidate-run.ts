@@ -8,7 +8,7 @@ import { InputError, WriteError } from "../errors.js";
 import { DEFAULT_METADATA, encodeHeader } from "../safetensors/encode.js";
 import { describeIoError } from "./file-source.js";
 import { LocalOutput, checkFileOnDisk, fsyncPath, writeFileDurably } from "./local-output.js";
-import { LOCK_TAG, checkDestination, isAlive, moveIntoPlace, placeDestination, releaseLock, takeLock, trackOutput, untrackOutput } from "./output-folder.js";
+import { LOCK_TAG, checkDestination, isAlive, lockOwner, moveIntoPlace, placeDestination, releaseLock, takeLock, trackOutput, untrackOutput } from "./output-folder.js";
 import { LockHeldError, RunLock, liveOwner } from "./run-lock.js";
 
 /**
@@ -151,14 +151,8 @@ async function checkOtherRuns(p: RunPaths, ctx: RunContext, notes: Notes): Promi
 
 /** A single-process `convert` or `consolidate` writing DST right now refuses the run. */
 function checkNoSingleWriter(p: RunPaths, dst: string): void {
-  const lock = path.join(p.parent, `.${p.base}${LOCK_TAG}`);
-  let pid = NaN;
-  try {
-    pid = Number(fs.readFileSync(lock, "utf8").trim());
-  } catch {
-    return;
-  }
-  if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && isAlive(pid)) {
+  const pid = lockOwner(path.join(p.parent, `.${p.base}${LOCK_TAG}`));
+  if (pid !== undefined && pid !== process.pid && isAlive(pid)) {
     throw new InputError(`${dst} is being written by another omni-ckpt process (pid ${pid}); wait for it or choose another destination`);
   }
 }

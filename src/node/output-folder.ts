@@ -262,47 +262,70 @@ export function checkDestination(dst: string, target: string, force: boolean): v
   }
 }
 
-/** A lock file younger than this with no pid in it yet belongs to a process creating it right now. */
-const FRESH_LOCK_MS = 2000;
-const pause = new Int32Array(new SharedArrayBuffer(4));
+/** The pid a lock file names, or undefined when it names none (unreadable, vanished, empty, garbage). */
+export function lockOwner(file: string): number | undefined {
+  try {
+    const text = fs.readFileSync(file, "utf8").trim();
+    const pid = Number(text);
+    return /^\d+$/.test(text) && pid > 0 ? pid : undefined;
+  } catch {
+    return undefined;
+  }
+}
 
+/**
+ * Create `lock` holding this process's pid, or return false if it exists. The file is written whole
+ * under another name and linked into place, so a lock is never seen without its pid.
+ */
+function createLock(lock: string): boolean {
+  const tmp = `${lock}.${uniqueSuffix()}.new`;
+  try {
+    fs.writeFileSync(tmp, `${process.pid}\n`, { flag: "wx", mode: 0o644 });
+    fs.linkSync(tmp, lock);
+    return true;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "EEXIST") return false;
+    throw new WriteError(`${lock}: cannot create the lock file: ${describeIoError(e)}`);
+  } finally {
+    fs.rmSync(tmp, { force: true });
+  }
+}
+
+/**
+ * Take the lock beside a destination, or fail at once if a live process holds it. A lock whose process
+ * is gone is stale: it is first moved aside and only dropped if what was moved is still that stale lock
+ * (another process may have replaced it meanwhile, which then gets it back).
+ */
 export function takeLock(lock: string, dst: string): void {
-  for (let attempt = 0; attempt < 2; attempt++) {
+  const busy = (pid: number): InputError =>
+    new InputError(`${dst} is being written by another omni-ckpt process (pid ${pid}); wait for it or choose another destination`);
+  for (let attempt = 0; attempt < 3; attempt++) {
+    if (createLock(lock)) return;
+    const owner = lockOwner(lock);
+    // This process's own lock is as live as any: a second conversion to the same DST waits its turn.
+    if (owner !== undefined && isAlive(owner)) throw busy(owner);
+    const aside = `${lock}.${uniqueSuffix()}.stale`;
     try {
-      const fd = fs.openSync(lock, "wx", 0o644);
-      fs.writeSync(fd, `${process.pid}\n`);
-      fs.closeSync(fd);
-      return;
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== "EEXIST") {
-        throw new WriteError(`${lock}: cannot create the lock file: ${describeIoError(e)}`);
-      }
-      let pid = NaN;
-      // A lock created (with "wx") whose pid is not written yet belongs to a process taking it this
-      // instant: give it a moment to say who it is rather than take it as stale.
-      for (let wait = 0; wait < 10; wait++) {
-        try {
-          pid = Number(fs.readFileSync(lock, "utf8").trim());
-          if (Number.isInteger(pid) || Date.now() - fs.statSync(lock).mtimeMs > FRESH_LOCK_MS) break;
-        } catch {
-          break; // Unreadable or vanished: treat as stale.
-        }
-        Atomics.wait(pause, 0, 0, 20);
-      }
-      if (Number.isInteger(pid) && pid > 0 && isAlive(pid)) {
-        throw new InputError(`${dst} is being written by another omni-ckpt process (pid ${pid}); wait for it or choose another destination`);
-      }
-      fs.rmSync(lock, { force: true });
+      fs.renameSync(lock, aside);
+    } catch {
+      continue; // Gone already: another process cleared it; try again.
     }
+    const moved = lockOwner(aside);
+    if (moved !== undefined && moved !== owner && isAlive(moved)) {
+      // Not the stale lock looked at but a live process's new one: put it back and leave it to it.
+      try {
+        fs.linkSync(aside, lock);
+      } catch {
+        // Someone took the name meanwhile; the live owner will find its lock gone and stop at commit.
+      }
+      fs.rmSync(aside, { force: true });
+      throw busy(moved);
+    }
+    fs.rmSync(aside, { force: true });
   }
   throw new InputError(`${dst}: could not take the lock ${lock}`);
 }
 
 export function releaseLock(lock: string): void {
-  try {
-    const pid = Number(fs.readFileSync(lock, "utf8").trim());
-    if (pid === process.pid) fs.rmSync(lock, { force: true });
-  } catch {
-    // Nothing to release.
-  }
+  if (lockOwner(lock) === process.pid) fs.rmSync(lock, { force: true });
 }
