@@ -110,9 +110,9 @@ async function liveLocks(state: string, staleMs?: number): Promise<string[]> {
   } catch {
     return [];
   }
-  const live: string[] = [];
-  for (const n of names) if (await liveOwner(path.join(state, n), staleMs)) live.push(n.replace(/\.lock$/, ""));
-  return live;
+  // Each owner on another machine may take a heartbeat's wait to judge: all of them at once.
+  const owners = await Promise.all(names.map((n) => liveOwner(path.join(state, n), staleMs)));
+  return names.filter((_, i) => owners[i] !== undefined).map((n) => n.replace(/\.lock$/, ""));
 }
 
 /**
@@ -129,16 +129,17 @@ async function checkOtherRuns(p: RunPaths, ctx: RunContext, notes: Notes): Promi
     const isState = name.endsWith(STATE_SUFFIX);
     if (isState && fs.existsSync(staging)) continue; // seen with its staging folder
     if (!fs.existsSync(path.join(p.parent, name))) continue; // discarded with its staging folder
-    const live = await liveLocks(state, ctx.req.lockStaleMs);
     if (isState && !fs.existsSync(staging)) {
       // A run that committed (or was discarded) but was stopped before it removed its state.
-      if (live.length === 0) {
+      if ((await liveLocks(state, ctx.req.lockStaleMs)).length === 0) {
         fs.rmSync(state, { recursive: true, force: true });
         notes.add(`removed ${state}, left by a run that had already finished`);
       }
       continue;
     }
+    // This run's own folders in progress: nothing to check, and no other machine's heartbeat to wait for.
     if (path.basename(staging) === ours) continue;
+    const live = await liveLocks(state, ctx.req.lockStaleMs);
     const info = readRunInfo(state);
     const what = `${staging} holds a different consolidation run into ${ctx.req.dst}${info ? ` (${info.parts} parts)` : ""}: other SRC headers, part count or options`;
     if (live.length > 0) throw new InputError(`${what}, and its ${live.join(", ")} ${live.length === 1 ? "is" : "are"} still running; parts of different runs never mix`);
@@ -225,6 +226,8 @@ export async function runPart(ctx: RunContext, part: PartSpec, files: readonly s
         ...(ctx.req.faults ? { faults: ctx.req.faults } : {}),
       });
       fsyncPath(p.staging);
+      // A part taken over while it stood still leaves marking it done to the one that took it.
+      lock.assertHeld(`part ${part.index}/${part.count} of the consolidation into ${ctx.req.dst}`);
       writeFileDurably(done, `${JSON.stringify({ files: written }, null, 2)}\n`);
       fsyncPath(p.state);
       untrackOutput(partial);
@@ -283,8 +286,13 @@ async function tryFinish(ctx: RunContext, p: RunPaths, count: number, notes: Not
       onStale: (owner) => notes.add(`took over the commit of ${ctx.req.dst} from ${owner}, which stopped before it was done`),
     });
   } catch (e) {
-    // Another part saw every part done at the same time and is committing.
+    // Another part saw every part done at the same time and is committing, or has committed already
+    // (the run's state folder, where the lock would go, is gone with its commit).
     if (e instanceof LockHeldError) return { files: [], auxFiles: [], committed: false, waitingFor: [] };
+    if (!fs.existsSync(p.state)) {
+      notes.add(`${ctx.req.dst} was committed by another part meanwhile`);
+      return { files: [], auxFiles: [], committed: false, waitingFor: [] };
+    }
     throw e;
   }
   const dstLock = path.join(p.parent, `.${p.base}${LOCK_TAG}`);
@@ -294,6 +302,7 @@ async function tryFinish(ctx: RunContext, p: RunPaths, count: number, notes: Not
       return { files: [], auxFiles: [], committed: false, waitingFor: [] };
     }
     takeLock(dstLock, ctx.req.dst);
+    lock.assertHeld(`the commit of ${ctx.req.dst}`);
     const expected = expectedFiles(ctx.plan);
     for (const [file, e] of expected) {
       const full = path.join(p.staging, file);

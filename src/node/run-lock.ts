@@ -51,10 +51,21 @@ export function describeOwner(o: Owner): string {
   return o.host === host ? `pid ${o.pid}` : `pid ${o.pid} on ${o.host}`;
 }
 
+/** A temporary file name no other process, on this machine or another, can pick. */
+function scratchName(file: string, what: string): string {
+  return `${file}.${host}.${process.pid}.${Math.floor(Math.random() * 0x1_0000_0000).toString(16)}.${what}`;
+}
+
+function sameOwner(a: Owner | undefined, b: Owner | undefined): boolean {
+  return a !== undefined && b !== undefined && a.host === b.host && a.pid === b.pid && a.beat === b.beat;
+}
+
 export class RunLock {
   private beat = 0;
   private timer: NodeJS.Timeout | undefined;
   private released = false;
+  /** Set when the heartbeat found the lock no longer ours (taken over while this process stood still). */
+  private lost = false;
 
   private constructor(readonly file: string) {}
 
@@ -71,7 +82,7 @@ export class RunLock {
     for (let attempt = 0; attempt < 2; attempt++) {
       // Written whole under another name, then linked into place: the lock never exists without its owner
       // in it, and link(2) fails if it exists, on NFS too.
-      const tmp = `${file}.${process.pid}.new`;
+      const tmp = scratchName(file, "new");
       try {
         fs.writeFileSync(tmp, lock.content());
         fs.linkSync(tmp, file);
@@ -83,28 +94,68 @@ export class RunLock {
         fs.rmSync(tmp, { force: true });
       }
       const owner = await liveOwner(file, options.staleMs);
-      if (owner) throw new LockHeldError(`${what} is being written by ${describeOwner(owner)}; wait for it, or stop it and run again`);
+      const held = (o: Owner): LockHeldError => new LockHeldError(`${what} is being written by ${describeOwner(o)}; wait for it, or stop it and run again`);
+      if (owner) throw held(owner);
+      // Taken over by moving it aside first, and dropped only if what moved is the lock judged stale: a
+      // competitor may have taken it over and put a lock of its own in its place meanwhile.
       const stale = readOwner(file);
-      fs.rmSync(file, { force: true });
+      const aside = scratchName(file, "stale");
+      try {
+        fs.renameSync(file, aside);
+      } catch {
+        continue; // Gone already; try again.
+      }
+      const moved = readOwner(aside);
+      if (moved && stale && !sameOwner(moved, stale)) {
+        try {
+          fs.linkSync(aside, file);
+        } catch {
+          // Another process holds the name now; both will find out at their next heartbeat.
+        }
+        fs.rmSync(aside, { force: true });
+        throw held(moved);
+      }
+      fs.rmSync(aside, { force: true });
       if (stale) options.onStale?.(describeOwner(stale));
     }
     throw new InputError(`${what}: could not take the lock ${file}`);
   }
 
-  /** Bump the heartbeat by replacing the file whole (a rename), so a reader never sees half of it. */
+  /**
+   * Bump the heartbeat by replacing the file whole (a rename), so a reader never sees half of it, but only
+   * while the file is still this process's: an owner that stood still long enough to be taken over (a
+   * stopped process, a stalled mount) must not overwrite its successor's lock.
+   */
   private startHeartbeat(staleMs: number): void {
     const every = Math.max(50, Math.floor(staleMs / 5));
     this.timer = setInterval(() => {
+      const current = readOwner(this.file);
+      if (!current || current.host !== host || current.pid !== process.pid) {
+        this.lost = true;
+        clearInterval(this.timer);
+        return;
+      }
       this.beat++;
-      const tmp = `${this.file}.${process.pid}.tmp`;
+      const tmp = scratchName(this.file, "tmp");
       try {
         fs.writeFileSync(tmp, this.content());
         fs.renameSync(tmp, this.file);
       } catch {
         // A missed beat only makes the lock look idle for a moment.
+      } finally {
+        fs.rmSync(tmp, { force: true });
       }
     }, every);
     this.timer.unref();
+  }
+
+  /** Refuse to go on when the lock was taken over (see the heartbeat): what it guards is someone else's now. */
+  assertHeld(what: string): void {
+    const current = readOwner(this.file);
+    if (this.lost || !current || current.host !== host || current.pid !== process.pid) {
+      this.lost = true;
+      throw new LockHeldError(`${what}: this process stood still so long that its lock was taken over${current ? ` by ${describeOwner(current)}` : ""}; its work is left to that one`);
+    }
   }
 
   /** Give the lock up, if it is still this process's. Safe to call more than once. */
