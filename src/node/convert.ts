@@ -50,11 +50,18 @@ export async function convertCheckpoint(req: ConvertRequest): Promise<ConvertSum
   let release: Checkpoint | undefined;
   try {
     if (source.folder === undefined) throw new InputError(`${req.src}: convert needs a checkpoint folder (with config.json), not a single file`);
-    if (req.base !== undefined) release = (await openSource(req.base, req)).checkpoint;
+    let releaseDir: string | undefined;
+    if (req.base !== undefined) {
+      const opened = await openSource(req.base, req);
+      release = opened.checkpoint;
+      releaseDir = opened.source.localDir;
+    }
     const { base: baseName, ...options } = req;
     const prepared = await prepareConversion(checkpoint, { ...options, ...(release ? { base: release, baseName: baseName! } : {}) }, req.signal);
+    // Neither SRC nor the release it is exported against may be replaced or written into.
+    const sources = [source.localDir, releaseDir].filter((d): d is string => d !== undefined);
     const out = OutputFolder.prepare(req.dst, {
-      ...(source.localDir !== undefined ? { source: source.localDir } : {}),
+      ...(sources.length > 0 ? { source: sources } : {}),
       ...(req.force ? { force: true } : {}),
       ...(req.onNote ? { onNote: req.onNote } : {}),
     });

@@ -200,4 +200,19 @@ describe("convert --to hf --base RELEASE", () => {
     expectUsage(["convert", "--to", "native", "--base", release, release, dir("x")], "--base applies only to --to hf");
     expectUsage(["convert", "--to", "hf", "--base", trained, trained, dir("x")], `${trained}: --base needs the release in the Hugging Face (HF) layout, but it is native`);
   });
+
+  it("never writes over or into the release it exports against", () => {
+    const before = fs.readdirSync(release).sort();
+    const stat = fs.statSync(path.join(release, "config.json"));
+    for (const [args, message] of [
+      [["--force", release], `destination ${release} is the source itself; choose another`],
+      [[path.join(release, "out")], `destination ${path.join(release, "out")} is inside the source folder; choose another`],
+    ] as const) {
+      const r = runCli(["convert", "--to", "hf", "--base", release, trained, ...args]);
+      expect(r.stderr).toBe(`omni-ckpt: error: ${message}\n`);
+      expect(r.code).toBe(2);
+    }
+    expect(fs.readdirSync(release).sort()).toEqual(before);
+    expect(fs.statSync(path.join(release, "config.json")).mtimeMs).toBe(stat.mtimeMs);
+  });
 });
