@@ -110,8 +110,10 @@ export async function planAgainstRelease(
       shapes.push(`${r.name} is ${formatShape(t.shape)} in the export, ${formatShape(r.shape)} in the release`);
       continue;
     }
-    // What SRC held: the dtype of the inputs the tensor is built from (a rule may already have widened it).
-    const from = t.pieces[0] ? (srcHeaders.get(t.pieces[0].src)?.dtype ?? t.dtype) : t.dtype;
+    // What SRC held: the dtype of the inputs the tensor is built from (a rule may already have widened
+    // it); a dequantized weight's values are bf16 whatever its codes' dtype.
+    const first = t.pieces[0];
+    const from = first ? (first.scale ? "BF16" : (srcHeaders.get(first.src)?.dtype ?? t.dtype)) : t.dtype;
     if (t.dtype !== r.dtype && !(isFloat(t.dtype) && isFloat(r.dtype))) {
       dtypes.push(`${r.name} is ${t.dtype} in the export, ${r.dtype} in the release`);
       continue;
