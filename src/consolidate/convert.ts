@@ -1,16 +1,14 @@
-import { copyAuxFiles, SKIP_CONFIG } from "../convert/aux-files.js";
+import { SKIP_CONFIG } from "../convert/aux-files.js";
 import { checkpointSource } from "../convert/checkpoint-source.js";
-import type { FolderConversion, WriteOptions, WrittenCheckpoint } from "../convert/convert.js";
-import { withInjectedFaults } from "../convert/faults.js";
+import type { FolderConversion } from "../convert/convert.js";
+import { type WriteOptions, type WrittenCheckpoint, writePlanned } from "../convert/write.js";
 import { type ConversionPlan, type ConvertOptions, planConversion } from "../convert/planner.js";
-import { type TensorSource, streamTensors } from "../convert/stream.js";
+import type { TensorSource } from "../convert/stream.js";
 import { InputError } from "../errors.js";
 import type { Folder } from "../io/folder.js";
 import type { OutputStore } from "../io/output.js";
 import type { ConfigFile } from "../safetensors/checkpoint.js";
-import { CONFIG_FILE, INDEX_FILE, SINGLE_FILE } from "../safetensors/shard-plan.js";
-import { DEFAULT_MAX_SHARD_SIZE } from "../safetensors/shard-size.js";
-import { ShardedWriter } from "../safetensors/sharded-writer.js";
+import { INDEX_FILE, SINGLE_FILE } from "../safetensors/shard-plan.js";
 import type { DType } from "../tensor/dtype.js";
 import type { AssembledTensor } from "./assemble.js";
 import { type PieceSource, type RestoredPiece, composeTensor, restoringSource } from "./compose.js";
@@ -76,26 +74,7 @@ export async function prepareSavedConversion(save: ShardedSave, options: Convert
 export async function writeSavedConversion(prepared: PreparedSavedConversion, out: OutputStore, options: WriteOptions = {}): Promise<WrittenCheckpoint> {
   const { plan, source, metadata } = prepared;
   options.onPlan?.(plan);
-  const writer = await ShardedWriter.create(out, plan.tensors, options.maxShardSize ?? DEFAULT_MAX_SHARD_SIZE);
-  try {
-    let bytesDone = 0;
-    let tensorsDone = 0;
-    await streamTensors(plan.tensors, source, withInjectedFaults(writer, options.faults), {
-      ...(options.signal ? { signal: options.signal } : {}),
-      onProgress: (bytes, completed) => {
-        bytesDone += bytes;
-        tensorsDone += completed;
-        options.onProgress?.(bytesDone, tensorsDone);
-      },
-    });
-    const files = await writer.finish();
-    if (plan.outputConfig) await out.writeFile(CONFIG_FILE, new TextEncoder().encode(plan.outputConfig.text));
-    const auxFiles = await copyAuxFiles(metadata.folder, out, metadata.files, options.signal);
-    return { files, auxFiles };
-  } catch (e) {
-    writer.abandon();
-    throw e;
-  }
+  return writePlanned(plan, source, { folder: metadata.folder, aux: metadata.files }, out, options);
 }
 
 /** What a finished conversion of a save reports, in the shape `convert` reports any conversion. */

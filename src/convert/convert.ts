@@ -1,40 +1,17 @@
 import type { Diagnostic } from "../adapters/plan.js";
 import { convertSavedFolder, shardedSaveIn } from "../consolidate/convert.js";
-import { InputError, UsageError, throwIfAborted } from "../errors.js";
+import { InputError, UsageError } from "../errors.js";
 import type { Folder } from "../io/folder.js";
 import type { OutputStore } from "../io/output.js";
 import { Checkpoint, type ConfigFile } from "../safetensors/checkpoint.js";
-import { CONFIG_FILE } from "../safetensors/shard-plan.js";
-import { DEFAULT_MAX_SHARD_SIZE } from "../safetensors/shard-size.js";
-import { ShardedWriter } from "../safetensors/sharded-writer.js";
-import { type AuxFiles, SKIP_CONFIG, copyAuxFiles, listAuxFiles } from "./aux-files.js";
+import { type AuxFiles, SKIP_CONFIG, listAuxFiles } from "./aux-files.js";
 import { type BaseAudit, type BaseExport, exportBytes, planAgainstRelease } from "./base.js";
 import { checkpointSource } from "./checkpoint-source.js";
-import { type FaultInjection, withInjectedFaults } from "./faults.js";
 import type { Layout } from "./layout.js";
 import { type ConversionPlan, type ConvertOptions, type Dequantization, loadPlanInput, planConversion } from "./planner.js";
-import { streamTensors } from "./stream.js";
+import { type WriteOptions, type WrittenCheckpoint, writePlanned } from "./write.js";
 
-export interface ConvertCallbacks {
-  /** Called once the plan is known, before any byte is written. */
-  readonly onPlan?: (plan: ConversionPlan) => void;
-  /** Bytes written so far, tensors completed so far. */
-  readonly onProgress?: (bytesDone: number, tensorsDone: number) => void;
-}
-
-export interface WriteOptions extends ConvertCallbacks {
-  readonly maxShardSize?: number;
-  /** Cancels the conversion between chunks; the caller removes what was written. */
-  readonly signal?: AbortSignal;
-  /** Failures to stage, for tests of the error paths. */
-  readonly faults?: FaultInjection;
-}
-
-/** What a conversion wrote. */
-export interface WrittenCheckpoint {
-  readonly files: readonly string[];
-  readonly auxFiles: readonly string[];
-}
+export type { ConvertCallbacks, WriteOptions, WrittenCheckpoint } from "./write.js";
 
 /** A conversion planned from a checkpoint's headers and config, and the other files it will copy. */
 export interface PreparedConversion {
@@ -98,32 +75,8 @@ export async function writeConversion(prepared: PreparedConversion, out: OutputS
   const { checkpoint, plan, aux, base } = prepared;
   checkBaseOptions({ to: plan.target, ...(options.maxShardSize !== undefined ? { maxShardSize: options.maxShardSize } : {}) }, base !== undefined);
   options.onPlan?.(plan);
-  const writer = base
-    ? await ShardedWriter.fromPlans(out, base.export.shards)
-    : await ShardedWriter.create(out, plan.tensors, options.maxShardSize ?? DEFAULT_MAX_SHARD_SIZE);
   const source = base ? base.export.source(checkpointSource(checkpoint.tensors), checkpointSource(base.release.tensors)) : checkpointSource(checkpoint.tensors);
-  try {
-    let bytesDone = 0;
-    let tensorsDone = 0;
-    await streamTensors(plan.tensors, source, withInjectedFaults(writer, options.faults), {
-      ...(options.signal ? { signal: options.signal } : {}),
-      onProgress: (bytes, completed) => {
-        bytesDone += bytes;
-        tensorsDone += completed;
-        options.onProgress?.(bytesDone, tensorsDone);
-      },
-    });
-    throwIfAborted(options.signal);
-    const files = await writer.finish();
-    if (plan.outputConfig) await out.writeFile(CONFIG_FILE, new TextEncoder().encode(plan.outputConfig.text));
-    const auxFiles = await copyAuxFiles(checkpoint.folder!, out, aux, options.signal);
-    // The last moment to hear of a cancellation: after this the caller commits the output.
-    throwIfAborted(options.signal);
-    return { files, auxFiles };
-  } catch (e) {
-    writer.abandon();
-    throw e;
-  }
+  return writePlanned(plan, source, { folder: checkpoint.folder!, aux }, out, { ...options, ...(base ? { shards: base.export.shards } : {}) });
 }
 
 export interface FolderConversion {

@@ -3,6 +3,7 @@ import { convertFolder } from "../../src/convert/convert.js";
 import { DTYPE_MAPPING } from "../../src/consolidate/names.js";
 import { MemoryFolder } from "../../src/io/folder.js";
 import { MemoryOutput } from "../../src/io/output.js";
+import { AbortError } from "../../src/errors.js";
 import { compareTensors } from "../helpers/fixtures.js";
 import { type Files, consolidateFiles, memoryHf, memorySave, metadataText, setMetadata, tensorsOf, underModel } from "../helpers/saves.js";
 
@@ -59,5 +60,28 @@ describe("convert --to native of a sharded save", () => {
     await expect(native(new MemoryFolder(underModel(files), "ckpt"), { to: "native" })).rejects.toThrow(
       /^ckpt\/model\/shard-00002-model-00001-of-00001\.safetensors: may be missing: \d+ tensors whose shape the config gives come out short .* \(and \d+ more problems; omni-ckpt inspect ckpt\/model lists them\)$/,
     );
+  });
+
+  it("is cancelled through its signal as any conversion is, mid-stream or after the last tensor", async () => {
+    const files = underModel(await memorySave(await memoryHf({ preset: "small", seed: 24 }), { world: 3 }));
+    for (const when of ["first", "last"] as const) {
+      const controller = new AbortController();
+      const out = new MemoryOutput("native");
+      let total = 0;
+      const run = convertFolder(new MemoryFolder(files, "ckpt"), out, {
+        to: "native",
+        signal: controller.signal,
+        onPlan: (plan) => {
+          total = plan.tensors.length;
+        },
+        // After the last tensor is the final check before the config and the other files are written.
+        onProgress: (_bytes, done) => {
+          if (when === "first" ? done >= 1 : done === total) controller.abort();
+        },
+      });
+      await expect(run).rejects.toThrow(AbortError);
+      expect(total).toBeGreaterThan(1);
+      expect(out.files.has("config.json")).toBe(false);
+    }
   });
 });
