@@ -7,6 +7,7 @@ import { detectQuantization } from "../quant/detect.js";
 import { describeQuantized } from "../quant/plan.js";
 import { type DType, isFloat } from "../tensor/dtype.js";
 import { type TensorInfo, byteLength, formatShape, sameShape } from "../tensor/tensor.js";
+import { prefixedUnion } from "./checkpoint-source.js";
 import { requireLayout } from "./layout.js";
 import type { TensorSource } from "./stream.js";
 
@@ -164,34 +165,8 @@ export async function planAgainstRelease(
     tensors: ordered,
     shards: shardsFromGroups(groups),
     audit,
-    source: (src, rel) => withRelease(src, rel),
+    source: (src, rel) => prefixedUnion(src, FROM_RELEASE, rel),
   };
-}
-
-/** One source over SRC's tensors and, under their internal names, the release's. */
-function withRelease(src: TensorSource, release: TensorSource): TensorSource {
-  const pick = (name: string): [TensorSource, string] => (name.startsWith(FROM_RELEASE) ? [release, name.slice(FROM_RELEASE.length)] : [src, name]);
-  const combined: TensorSource = {
-    info: (name) => {
-      const [s, n] = pick(name);
-      return s.info(n);
-    },
-    read: (name, offset, buf, signal) => {
-      const [s, n] = pick(name);
-      return s.read(n, offset, buf, signal);
-    },
-    view: (name, offset, length) => {
-      const [s, n] = pick(name);
-      return s.view?.(n, offset, length);
-    },
-  };
-  if (src.readSync && release.readSync) {
-    combined.readSync = (name, offset, buf) => {
-      const [s, n] = pick(name);
-      s.readSync!(n, offset, buf);
-    };
-  }
-  return combined;
 }
 
 /** Total data bytes of the export. */

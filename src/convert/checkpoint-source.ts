@@ -34,3 +34,33 @@ export function checkpointSource(tensors: ReadonlyMap<string, StoredTensor>): Te
   }
   return source;
 }
+
+/**
+ * One source over two: `other`'s tensors under names that start with `prefix` (a name no checkpoint
+ * holds), `main`'s under their own. How an export reads the release's buffers beside SRC's tensors, and a
+ * merge the adapter's factors beside the base's weights.
+ */
+export function prefixedUnion(main: TensorSource, prefix: string, other: TensorSource): TensorSource {
+  const pick = (name: string): [TensorSource, string] => (name.startsWith(prefix) ? [other, name.slice(prefix.length)] : [main, name]);
+  const union: TensorSource = {
+    info: (name) => {
+      const [s, n] = pick(name);
+      return s.info(n);
+    },
+    read: (name, offset, buf, signal) => {
+      const [s, n] = pick(name);
+      return s.read(n, offset, buf, signal);
+    },
+    view: (name, offset, length) => {
+      const [s, n] = pick(name);
+      return s.view?.(n, offset, length);
+    },
+  };
+  if (main.readSync && other.readSync) {
+    union.readSync = (name, offset, buf) => {
+      const [s, n] = pick(name);
+      s.readSync!(n, offset, buf);
+    };
+  }
+  return union;
+}

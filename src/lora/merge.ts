@@ -2,11 +2,11 @@ import { parseExpertKey } from "../adapters/expert-keys.js";
 import { type PlannedTensor, inputTensor, viewOf } from "../adapters/plan.js";
 import { type AuxFiles, copyAuxFiles, listAuxFiles } from "../convert/aux-files.js";
 import { BufferPool } from "../convert/buffer-pool.js";
-import { checkpointSource } from "../convert/checkpoint-source.js";
+import { checkpointSource, prefixedUnion } from "../convert/checkpoint-source.js";
 import { checkShardSize } from "../convert/convert.js";
 import type { Layout } from "../convert/layout.js";
 import { loadPlanInput, planConversion } from "../convert/planner.js";
-import { type TensorSource, streamTensors } from "../convert/stream.js";
+import { streamTensors } from "../convert/stream.js";
 import { ConversionError, InputError } from "../errors.js";
 import type { Folder } from "../io/folder.js";
 import type { OutputStore } from "../io/output.js";
@@ -54,32 +54,6 @@ export interface PreparedMerge {
 
 /** Names under which a merge's tensor source serves the adapter's tensors beside the base's. */
 const ADAPTER_TENSOR = "\u0000adapter\u0000";
-
-/** The base's tensors by name, and the adapter's behind `ADAPTER_TENSOR`. */
-function mergeSource(base: TensorSource, adapter: TensorSource): TensorSource {
-  const pick = (name: string): [TensorSource, string] => (name.startsWith(ADAPTER_TENSOR) ? [adapter, name.slice(ADAPTER_TENSOR.length)] : [base, name]);
-  const source: TensorSource = {
-    info: (name) => {
-      const [s, n] = pick(name);
-      return s.info(n);
-    },
-    read: (name, offset, buf, signal) => {
-      const [s, n] = pick(name);
-      return s.read(n, offset, buf, signal);
-    },
-    view: (name, offset, length) => {
-      const [s, n] = pick(name);
-      return s.view?.(n, offset, length);
-    },
-  };
-  if (base.readSync && adapter.readSync) {
-    source.readSync = (name, offset, buf) => {
-      const [s, n] = pick(name);
-      s.readSync!(n, offset, buf);
-    };
-  }
-  return source;
-}
 
 /** The base's shards as they are: the same files, holding the same tensors in the same order. */
 async function baseShards(base: Checkpoint, byName: ReadonlyMap<string, PlannedTensor>): Promise<ShardPlan[] | undefined> {
@@ -220,7 +194,7 @@ export async function writeMerge(prepared: PreparedMerge, out: OutputStore, opti
   try {
     let bytesDone = 0;
     let tensorsDone = 0;
-    await streamTensors(tensors, mergeSource(checkpointSource(base.tensors), adapterSource), writer, {
+    await streamTensors(tensors, prefixedUnion(checkpointSource(base.tensors), ADAPTER_TENSOR, adapterSource), writer, {
       pool,
       transform: applier.transform,
       ...(options.signal ? { signal: options.signal } : {}),

@@ -1,8 +1,9 @@
-import { MessageChannel, type MessagePort, Worker } from "node:worker_threads";
+import type { MessagePort } from "node:worker_threads";
 import { applyDeltaRange } from "../lora/delta-range.js";
 import type { DeltaHelper, DeltaJob } from "../lora/delta.js";
 import { inArena } from "../tensor/wasm/kernels.js";
 import { KERNELS_WASM } from "../tensor/wasm/kernels.generated.js";
+import { JobThread } from "./job-thread.js";
 
 /**
  * The helper thread's whole program, run as CommonJS source in a worker (as the writer thread's is), with
@@ -79,7 +80,7 @@ function deltaThreadMain(require: (id: string) => unknown, apply: typeof applyDe
       }
       threads.parentPort!.postMessage({ id: batch.id });
     } catch (err) {
-      threads.parentPort!.postMessage({ id: batch.id, error: (err as Error).message });
+      threads.parentPort!.postMessage({ id: batch.id, error: { message: (err as Error).message } });
     }
   }
 }
@@ -89,57 +90,28 @@ function deltaThreadMain(require: (id: string) => unknown, apply: typeof applyDe
  * the other half. Measured on the bench merge (rank 16 on every linear layer and expert): see bench/lora.ts.
  */
 export class DeltaThread implements DeltaHelper {
-  private readonly worker: Worker;
-  private readonly jobs: MessagePort;
-  private readonly signal = new Int32Array(new SharedArrayBuffer(4));
-  private readonly waiting = new Map<number, { resolve(): void; reject(e: Error): void }>();
-  private nextId = 0;
-  private failure: Error | undefined;
+  private readonly thread: JobThread;
 
   constructor(readonly arena: SharedArrayBuffer) {
-    const { port1, port2 } = new MessageChannel();
-    this.jobs = port1;
-    this.worker = new Worker(`(${deltaThreadMain.toString()})(require, ${applyDeltaRange.toString()})`, {
-      eval: true,
-      execArgv: [],
-      workerData: { arena, wasm: KERNELS_WASM, signal: this.signal, jobs: port2 },
-      transferList: [port2],
-    });
-    this.worker.on("message", (m: { id: number; error?: string }) => {
-      const w = this.waiting.get(m.id);
-      if (!w) return;
-      this.waiting.delete(m.id);
-      if (this.waiting.size === 0) this.worker.unref();
-      if (m.error !== undefined) w.reject(new Error(`internal: the delta thread failed: ${m.error}`));
-      else w.resolve();
-    });
-    this.worker.on("error", (e) => this.fail(e instanceof Error ? e : new Error(String(e))));
-    this.worker.on("exit", () => this.fail(new Error("internal: the delta thread stopped")));
-    this.worker.unref();
+    this.thread = new JobThread(
+      `(${deltaThreadMain.toString()})(require, ${applyDeltaRange.toString()})`,
+      { arena, wasm: KERNELS_WASM },
+      "delta thread",
+      (f) => new Error(`internal: the delta thread failed: ${f.message}`),
+    );
   }
 
   get alive(): boolean {
-    return this.failure === undefined;
-  }
-
-  private fail(e: Error): void {
-    this.failure ??= e;
-    for (const w of this.waiting.values()) w.reject(this.failure);
-    this.waiting.clear();
+    return this.thread.alive;
   }
 
   run(jobs: readonly DeltaJob[]): Promise<void> {
-    if (this.failure) return Promise.reject(this.failure);
     for (const j of jobs) {
       if (j.left.buffer !== this.arena || j.right.buffer !== this.arena || j.w.buffer !== this.arena) {
         return Promise.reject(new Error("internal: a delta job outside the kernels' arena"));
       }
     }
-    const id = this.nextId++;
-    const done = new Promise<void>((resolve, reject) => this.waiting.set(id, { resolve, reject }));
-    if (this.waiting.size === 1) this.worker.ref();
-    this.jobs.postMessage({
-      id,
+    return this.thread.post({
       jobs: jobs.map((j) => ({
         region: j.region,
         left: j.left.byteOffset,
@@ -155,9 +127,6 @@ export class DeltaThread implements DeltaHelper {
         dtype: j.dtype,
       })),
     });
-    Atomics.add(this.signal, 0, 1);
-    Atomics.notify(this.signal, 0);
-    return done;
   }
 }
 

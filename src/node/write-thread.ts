@@ -1,5 +1,6 @@
-import { MessageChannel, type MessagePort, Worker } from "node:worker_threads";
+import type { MessagePort } from "node:worker_threads";
 import { inArena } from "../tensor/wasm/kernels.js";
+import { JobThread } from "./job-thread.js";
 
 /**
  * The writer thread's whole program, run as CommonJS source in a worker (so it needs no file beside the
@@ -34,11 +35,6 @@ function writerThreadMain(require: (id: string) => unknown): void {
   }
 }
 
-interface Waiter {
-  resolve(): void;
-  reject(e: Error): void;
-}
-
 /**
  * One thread that does nothing but positional writes out of a shared memory, in the order they are asked
  * for. A write issued through the event loop waits for the main thread to hear of the previous one before
@@ -47,60 +43,20 @@ interface Waiter {
  * time, which is all ext4 allows anyway.
  */
 export class WriteThread {
-  private readonly worker: Worker;
-  private readonly jobs: MessagePort;
-  private readonly signal = new Int32Array(new SharedArrayBuffer(4));
-  private readonly waiting = new Map<number, Waiter>();
-  private nextId = 0;
-  private failure: Error | undefined;
+  private readonly thread: JobThread;
 
   constructor(readonly memory: SharedArrayBuffer) {
-    const { port1, port2 } = new MessageChannel();
-    this.jobs = port1;
-    this.worker = new Worker(`(${writerThreadMain.toString()})(require)`, {
-      eval: true,
-      // The parent's flags would carry over, and with `--input-type=module` this source would not be CommonJS.
-      execArgv: [],
-      workerData: { memory, signal: this.signal, jobs: port2 },
-      transferList: [port2],
-    });
-    this.worker.on("message", (m: { id: number; error?: { message: string; code?: string } }) => {
-      const w = this.waiting.get(m.id);
-      if (!w) return;
-      this.waiting.delete(m.id);
-      if (this.waiting.size === 0) this.worker.unref();
-      if (m.error) w.reject(Object.assign(new Error(m.error.message), { code: m.error.code }));
-      else w.resolve();
-    });
-    // The thread has no way to fail but a bug or running out of memory; whatever waits is told so.
-    this.worker.on("error", (e) => this.fail(e instanceof Error ? e : new Error(String(e))));
-    this.worker.on("exit", () => this.fail(new Error("internal: the writer thread stopped")));
-    // After the listeners: adding one refs the worker again.
-    this.worker.unref();
+    this.thread = new JobThread(`(${writerThreadMain.toString()})(require)`, { memory }, "writer thread", (f) => Object.assign(new Error(f.message), { code: f.code }));
   }
 
   /** False once the thread has died: what was waiting failed, and later writes should go another way. */
   get alive(): boolean {
-    return this.failure === undefined;
-  }
-
-  private fail(e: Error): void {
-    this.failure ??= e;
-    for (const w of this.waiting.values()) w.reject(this.failure);
-    this.waiting.clear();
+    return this.thread.alive;
   }
 
   /** Write all of `bytes` (a view of the thread's memory) to `fd` at `position`; settles once it is written. */
   write(fd: number, bytes: Uint8Array, position: number): Promise<void> {
-    if (this.failure) return Promise.reject(this.failure);
-    const id = this.nextId++;
-    const done = new Promise<void>((resolve, reject) => this.waiting.set(id, { resolve, reject }));
-    // Referenced only while a write is outstanding: an idle writer must not keep the process alive.
-    if (this.waiting.size === 1) this.worker.ref();
-    this.jobs.postMessage({ id, fd, position, offset: bytes.byteOffset, length: bytes.byteLength });
-    Atomics.add(this.signal, 0, 1);
-    Atomics.notify(this.signal, 0);
-    return done;
+    return this.thread.post({ fd, position, offset: bytes.byteOffset, length: bytes.byteLength });
   }
 }
 
