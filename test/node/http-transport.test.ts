@@ -140,37 +140,191 @@ describe("the Node HTTP transport", () => {
     expect(await reader.read()).toEqual({ done: true });
     expect(await text(second)).toBe("ok");
   });
+
+  it("skips interim responses (103 Early Hints, 100 Continue) to the one asked for, split across packets too", async () => {
+    reply = (socket) => socket.write("HTTP/1.1 103 Early Hints\r\nLink: </x>; rel=preload\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc");
+    const r = await get("/hints");
+    expect(r.status).toBe(200);
+    expect(await text(r)).toBe("abc");
+    reply = (socket) => void trickle(socket, "HTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 206 Partial Content\r\nContent-Length: 2\r\n\r\nok");
+    const t = await get("/hints-trickled");
+    expect(t.status).toBe(206);
+    expect(await text(t)).toBe("ok");
+  });
+
+  it("a body read into place after its connection failed rejects with that failure, at once", async () => {
+    // The head, the body and bytes past it in one packet: the connection fails before the reader asks.
+    reply = (socket) => socket.write("HTTP/1.1 206 Partial Content\r\nContent-Length: 5\r\n\r\nhelloXYZ");
+    const r = await get("/overrun");
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const into = new Uint8Array(5);
+    await expect(r.body!.getReader().readInto!((o) => into.subarray(o), () => undefined)).rejects.toMatchObject({ code: "EPROTO", message: "the server sent more than its response's length" });
+    reply = (socket) => socket.end("HTTP/1.1 206 Partial Content\r\nContent-Length: 10\r\n\r\nhello");
+    const short = await get("/short-late");
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    await expect(short.body!.getReader().readInto!((o) => into.subarray(o), () => undefined)).rejects.toThrow("the connection closed before the response ended");
+  });
+
+  it("refuses a chunked body whose trailer never ends, and a destination that takes less than the body", async () => {
+    reply = (socket) => socket.write(`HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-Long: ${"a".repeat(20_000)}`);
+    await expect(text(await get("/trailer"))).rejects.toMatchObject({ code: "EPROTO", message: "a chunked body's trailer line of more than 8192 bytes" });
+    reply = (socket) => socket.write("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nabcdef\r\n0\r\n\r\n");
+    const r = await get("/chunked-into");
+    const into = new Uint8Array(4);
+    await expect(
+      r.body!.getReader().readInto!(
+        (o) => into.subarray(o),
+        (o, n) => {
+          if (o + n >= 4) throw new Error("more than asked for");
+        },
+      ),
+    ).rejects.toThrow("more than asked for");
+    // That connection was given up, and the next request is served on another.
+    reply = (socket) => socket.write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    expect(await text(await get("/after"))).toBe("ok");
+  });
+
+  it("a short body no one wants is read to its end to keep the connection; a long one closes it", async () => {
+    reply = (socket) => socket.write(`HTTP/1.1 302 Found\r\nLocation: /elsewhere\r\nContent-Length: 1000\r\n\r\n${"r".repeat(1000)}`);
+    const before = connections.length;
+    await (await get("/redirect")).body!.cancel();
+    reply = (socket) => socket.write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    expect(await text(await get("/next"))).toBe("ok");
+    expect(connections.length).toBe(before);
+    reply = (socket) => socket.write(`HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n${"b".repeat(1000)}`);
+    await (await get("/long-unwanted")).body!.cancel();
+    reply = (socket) => socket.write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    expect(await text(await get("/after-long"))).toBe("ok");
+    expect(connections.length).toBe(before + 1);
+  });
+
+  it("sends a request once more, on a new connection, when a kept-alive one turns out closed", async () => {
+    let requests = 0;
+    reply = (socket) => {
+      requests++;
+      // The second request on the first connection meets a server that closed it meanwhile.
+      if (requests === 2) socket.destroy();
+      else socket.write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    };
+    expect(await text(await get("/one"))).toBe("ok");
+    const before = connections.length;
+    expect(await text(await get("/two"))).toBe("ok");
+    expect([requests, connections.length - before]).toEqual([3, 1]);
+  });
 });
+
+describe("the Node HTTP transport over IPv6", () => {
+  it("connects to a bracketed IPv6 literal", async (context) => {
+    const v6 = net.createServer((socket) => {
+      socket.on("data", () => socket.write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nv6"));
+      socket.on("error", () => undefined);
+    });
+    const listening = await new Promise<boolean>((resolve) => {
+      v6.once("error", () => resolve(false));
+      v6.listen(0, "::1", () => resolve(true));
+    });
+    // A machine without IPv6 on its loopback has nothing to test this against.
+    if (!listening) return context.skip();
+    try {
+      const r = await nodeFetch(`http://[::1]:${(v6.address() as net.AddressInfo).port}/x`, { headers: {}, redirect: "manual", signal: new AbortController().signal });
+      expect(await text(r)).toBe("v6");
+    } finally {
+      v6.close();
+    }
+  });
+});
+
+/** An HTTPS server on loopback with the test certificate, trusted while `run` runs. */
+async function withTlsServer(handler: (res: import("node:http").ServerResponse) => void, run: (url: string) => Promise<void>): Promise<void> {
+  const https = await import("node:https");
+  const fs = await import("node:fs");
+  const path = await import("node:path");
+  const { repoRoot } = await import("../helpers/fixtures.js");
+  const dir = path.join(repoRoot, "test/fixtures/tls");
+  const tlsServer = https.createServer({ key: fs.readFileSync(path.join(dir, "key.pem")), cert: fs.readFileSync(path.join(dir, "cert.pem")) }, (_req, res) => handler(res));
+  await new Promise<void>((resolve) => tlsServer.listen(0, "127.0.0.1", resolve));
+  // The test certificate is its own issuer: trusted for this test only.
+  const before = process.env["NODE_TLS_REJECT_UNAUTHORIZED"];
+  process.env["NODE_TLS_REJECT_UNAUTHORIZED"] = "0";
+  try {
+    await run(`https://localhost:${(tlsServer.address() as net.AddressInfo).port}/x`);
+  } finally {
+    if (before === undefined) delete process.env["NODE_TLS_REJECT_UNAUTHORIZED"];
+    else process.env["NODE_TLS_REJECT_UNAUTHORIZED"] = before;
+    tlsServer.close();
+  }
+}
+
+function pattern(size: number, seed: number): Buffer {
+  const body = Buffer.alloc(size);
+  for (let i = 0; i < size; i++) body[i] = (i * seed + (i >> 11)) & 0xff;
+  return body;
+}
+
+const turn = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, 0));
 
 describe("the Node HTTP transport over TLS", () => {
   it("reads bodies, by view and straight into place, from an HTTPS server (a self-signed test certificate)", async () => {
-    const https = await import("node:https");
-    const fs = await import("node:fs");
-    const path = await import("node:path");
-    const { repoRoot } = await import("../helpers/fixtures.js");
-    const dir = path.join(repoRoot, "test/fixtures/tls");
-    const body = Buffer.alloc(2_000_003);
-    for (let i = 0; i < body.length; i++) body[i] = (i * 13) & 0xff;
-    const tlsServer = https.createServer({ key: fs.readFileSync(path.join(dir, "key.pem")), cert: fs.readFileSync(path.join(dir, "cert.pem")) }, (_req, res) => {
+    const body = pattern(2_000_003, 13);
+    const send = (res: import("node:http").ServerResponse): void => {
       res.writeHead(206, { "content-length": body.length, "content-range": `bytes 0-${body.length - 1}/${body.length}` });
       res.end(body);
-    });
-    await new Promise<void>((resolve) => tlsServer.listen(0, "127.0.0.1", resolve));
-    // The test certificate is its own issuer: trusted for this test only.
-    const before = process.env["NODE_TLS_REJECT_UNAUTHORIZED"];
-    process.env["NODE_TLS_REJECT_UNAUTHORIZED"] = "0";
-    try {
-      const url = `https://localhost:${(tlsServer.address() as net.AddressInfo).port}/x`;
+    };
+    await withTlsServer(send, async (url) => {
       const viewed = await nodeFetch(url, { headers: {}, redirect: "manual", signal: new AbortController().signal });
       expect(Buffer.from(await text(viewed), "latin1").equals(body)).toBe(true);
       const direct = await nodeFetch(url, { headers: {}, redirect: "manual", signal: new AbortController().signal });
       const into = new Uint8Array(body.length);
       await direct.body!.getReader().readInto!((o) => into.subarray(o), () => undefined);
       expect(Buffer.from(into).equals(body)).toBe(true);
-    } finally {
-      if (before === undefined) delete process.env["NODE_TLS_REJECT_UNAUTHORIZED"];
-      else process.env["NODE_TLS_REJECT_UNAUTHORIZED"] = before;
-      tlsServer.close();
-    }
+    });
+  });
+
+  // Pausing a TLS socket does not stop the records it has already decrypted: they must land apart from
+  // the views still being read.
+  it("keeps every view intact until the next read, however long its reader takes", async () => {
+    const body = pattern(6_000_011, 29);
+    await withTlsServer(
+      (res) => {
+        res.writeHead(200, { "content-length": body.length });
+        res.end(body);
+      },
+      async (url) => {
+        const r = await nodeFetch(url, { headers: {}, redirect: "manual", signal: new AbortController().signal });
+        const reader = r.body!.getReader();
+        let at = 0;
+        let views = 0;
+        for (;;) {
+          const next = await reader.read();
+          if (next.done) break;
+          const copy = Buffer.from(next.value);
+          expect(copy.equals(body.subarray(at, at + copy.byteLength))).toBe(true);
+          // Every few views, the reader lets the event loop run before it is done with the view.
+          if (views++ % 3 === 0) await turn();
+          expect(Buffer.from(next.value).equals(copy)).toBe(true);
+          at += copy.byteLength;
+        }
+        expect(at).toBe(body.length);
+      },
+    );
+  });
+
+  it("reads into place when the reader comes a turn after the head", async () => {
+    const body = pattern(3_000_017, 31);
+    await withTlsServer(
+      (res) => {
+        res.writeHead(206, { "content-length": body.length });
+        res.end(body);
+      },
+      async (url) => {
+        for (let k = 0; k < 3; k++) {
+          const r = await nodeFetch(url, { headers: {}, redirect: "manual", signal: new AbortController().signal });
+          await turn();
+          const into = new Uint8Array(body.length);
+          await r.body!.getReader().readInto!((o) => into.subarray(o), () => undefined);
+          expect(Buffer.from(into).equals(body)).toBe(true);
+        }
+      },
+    );
   });
 });
