@@ -4,6 +4,7 @@ import { FormatError, InputError } from "../errors.js";
 import type { ByteSource } from "../io/byte-source.js";
 import type { EntryStat, Folder, FolderEntry } from "../io/folder.js";
 import { FileSource, describeIoError, fileKind, readFailure } from "./file-source.js";
+import { within } from "./paths.js";
 
 export interface LocalFolderOptions {
   /**
@@ -23,10 +24,6 @@ export function cacheBlobsOf(root: string): string | undefined {
   const repo = path.dirname(snapshots);
   if (path.basename(snapshots) !== "snapshots" || !/^(models|datasets|spaces)--.+--.+$/.test(path.basename(repo))) return undefined;
   return path.join(repo, "blobs");
-}
-
-function within(child: string, parent: string): boolean {
-  return child === parent || child.startsWith(parent.endsWith(path.sep) ? parent : parent + path.sep);
 }
 
 function entryKind(st: fs.Stats): Pick<FolderEntry, "kind" | "detail"> {

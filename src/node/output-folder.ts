@@ -3,6 +3,7 @@ import * as path from "node:path";
 import { InputError, UsageError, WriteError } from "../errors.js";
 import { describeIoError } from "./file-source.js";
 import { fsyncPath } from "./local-output.js";
+import { within } from "./paths.js";
 
 export const TMP_TAG = ".omni-ckpt-tmp-";
 const OLD_TAG = ".omni-ckpt-old-";
@@ -46,10 +47,6 @@ function realish(p: string): string {
       head = parent;
     }
   }
-}
-
-function within(child: string, parent: string): boolean {
-  return child === parent || child.startsWith(parent.endsWith(path.sep) ? parent : parent + path.sep);
 }
 
 /**
