@@ -442,20 +442,34 @@ export function synthOtherFiles(plan: SynthPlan): [string, Uint8Array][] {
 
 /** Write a synthetic HF-layout checkpoint's files into an output, tensor by tensor. Returns the files written. */
 export async function writeSynth(plan: SynthPlan, out: OutputStore, signal?: AbortSignal): Promise<string[]> {
+  return writeSynthWith(plan, (t) => synthBytes(t, plan.seed), synthOtherFiles(plan), out, signal);
+}
+
+/**
+ * Write the tensors of `plan` into its shards, each tensor's bytes made by `bytesOf` only when its turn
+ * comes (so no more than one tensor is in memory), then `otherFiles`. Returns the files written.
+ */
+export async function writeSynthWith(
+  plan: SynthPlan,
+  bytesOf: (t: SynthTensor) => Uint8Array,
+  otherFiles: readonly (readonly [string, Uint8Array])[],
+  out: OutputStore,
+  signal?: AbortSignal,
+): Promise<string[]> {
   const writer = await ShardedWriter.fromPlans(out, plan.shards);
   let files: string[];
   try {
     for (const t of plan.tensors) {
       throwIfAborted(signal);
-      await writer.write(t.name, 0, synthBytes(t, plan.seed));
+      await writer.write(t.name, 0, bytesOf(t));
     }
     files = await writer.finish();
   } catch (e) {
     writer.abandon();
     throw e;
   }
-  for (const [rel, bytes] of synthOtherFiles(plan)) await out.writeFile(rel, bytes);
-  return [...files, ...synthOtherFiles(plan).map(([rel]) => rel)];
+  for (const [rel, bytes] of otherFiles) await out.writeFile(rel, bytes);
+  return [...files, ...otherFiles.map(([rel]) => rel)];
 }
 
 /** The summary of a synthetic checkpoint written to `dir`. */

@@ -1,11 +1,10 @@
-import { UsageError, throwIfAborted } from "../errors.js";
+import { UsageError } from "../errors.js";
 import type { OutputStore } from "../io/output.js";
 import { referenceOrder } from "../safetensors/encode.js";
 import type { ShardPlan } from "../safetensors/shard-plan.js";
-import { ShardedWriter } from "../safetensors/sharded-writer.js";
 import type { DType } from "../tensor/dtype.js";
 import { byteLength } from "../tensor/tensor.js";
-import { type SynthPlan, type SynthTensor, synthBytes, synthOtherFiles } from "./layout.js";
+import { type SynthPlan, type SynthTensor, synthBytes, synthOtherFiles, writeSynthWith } from "./layout.js";
 import { SYNTH_QUANTS, type SynthQuant } from "./quant-kinds.js";
 
 /**
@@ -175,19 +174,5 @@ export function quantSynthOtherFiles(q: QuantSynthPlan): [string, Uint8Array][] 
 
 /** Write a quantized synthetic checkpoint into an output, tensor by tensor. Returns the files written. */
 export async function writeQuantSynth(q: QuantSynthPlan, out: OutputStore, signal?: AbortSignal): Promise<string[]> {
-  const writer = await ShardedWriter.fromPlans(out, q.plan.shards);
-  let files: string[];
-  try {
-    for (const t of q.plan.tensors) {
-      throwIfAborted(signal);
-      await writer.write(t.name, 0, quantSynthBytes(q, t));
-    }
-    files = await writer.finish();
-  } catch (e) {
-    writer.abandon();
-    throw e;
-  }
-  const others = quantSynthOtherFiles(q);
-  for (const [rel, bytes] of others) await out.writeFile(rel, bytes);
-  return [...files, ...others.map(([rel]) => rel)];
+  return writeSynthWith(q.plan, (t) => quantSynthBytes(q, t), quantSynthOtherFiles(q), out, signal);
 }
