@@ -178,6 +178,21 @@ export function fsyncPath(p: string): void {
 }
 
 /**
+ * Sync every folder under `root`, then `root` itself. A folder's entries (the files and folders it names)
+ * are durable only once that folder is synced, and syncing `root` says nothing of its sub-folders: without
+ * this, a power loss after the rename into place could leave DST with files missing from a sub-folder.
+ * Children go before their parents, so a folder is synced only once all it holds is. `sync` is the
+ * syncing itself (a test counts the folders visited).
+ */
+export function fsyncTree(root: string, sync: (dir: string) => void = fsyncPath): void {
+  for (const entry of fs.readdirSync(root, { withFileTypes: true })) {
+    // Dirent types come from the entry itself: a symlink to a folder is not followed out of the output.
+    if (entry.isDirectory()) fsyncTree(path.join(root, entry.name), sync);
+  }
+  sync(root);
+}
+
+/**
  * Confirm a finished file on disk: its size, and a fresh read of its first bytes (a shard's header) compared
  * byte for byte with those written. The header was built by our own encoder, so re-parsing it would only
  * prove the encoder again (at ~15 µs per tensor); what can go wrong here is the disk or the file system, and

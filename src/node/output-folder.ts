@@ -2,7 +2,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { InputError, UsageError, WriteError } from "../errors.js";
 import { describeIoError } from "./file-source.js";
-import { fsyncPath } from "./local-output.js";
+import { fsyncPath, fsyncTree } from "./local-output.js";
 import { within } from "./paths.js";
 
 export const TMP_TAG = ".omni-ckpt-tmp-";
@@ -147,8 +147,8 @@ export class OutputFolder {
   }
 
   /**
-   * Put the finished folder in place: sync it, move an old DST aside (with --force), rename, sync the
-   * parent, then delete the old copy.
+   * Put the finished folder in place: sync it and every folder in it, move an old DST aside (with
+   * --force), rename, sync the parent, then delete the old copy.
    */
   commit(): void {
     moveIntoPlace(this.tmp, this.dst, this.force, (text) => this.note(text));
@@ -209,14 +209,14 @@ export function placeDestination(dst: string, options: Pick<PrepareOptions, "sou
 }
 
 /**
- * Put a finished folder in place: sync it, move an old DST aside (with `force`), rename, sync the parent,
- * then delete the old copy. `note` hears what went wrong after the new folder is in place.
+ * Put a finished folder in place: sync it and every folder in it, move an old DST aside (with `force`),
+ * rename, sync the parent, then delete the old copy. `note` hears what went wrong after the new folder is in place.
  */
 export function moveIntoPlace(tmp: string, dst: string, force: boolean, note: (text: string) => void): void {
   const parent = path.dirname(dst);
   let old: string | undefined;
   try {
-    fsyncPath(tmp);
+    fsyncTree(tmp);
     if (fs.existsSync(dst)) {
       const st = fs.lstatSync(dst);
       if (st.isDirectory() && fs.readdirSync(dst).length === 0) fs.rmdirSync(dst);
