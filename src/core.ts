@@ -70,5 +70,6 @@ export {
   ReadError,
   WriteError,
   AbortError,
+  LockHeldError,
   exitCodeOf,
 } from "./errors.js";

@@ -35,6 +35,14 @@ export class UsageError extends InputError {
 }
 
 /**
+ * What the output is to go into is locked by another process that may still be running (a conversion
+ * into the same DST, a part of a consolidation): wait for it, or clear its lock if it is known to be gone.
+ */
+export class LockHeldError extends InputError {
+  override name = "LockHeldError";
+}
+
+/**
  * Reading failed although the input is not at fault as far as we can tell: an I/O error of the disk
  * (EIO), a server that kept failing after retries. Running again may succeed.
  */

@@ -4,12 +4,12 @@ import type { PartSpec } from "../consolidate/parts.js";
 import type { FaultInjection } from "../convert/faults.js";
 import type { ConsolidationPlan } from "../consolidate/plan.js";
 import { type MetadataFiles, completeConsolidation, shardPlans, writeConsolidatedFiles } from "../consolidate/write.js";
-import { InputError, WriteError } from "../errors.js";
+import { InputError, LockHeldError, WriteError } from "../errors.js";
 import { DEFAULT_METADATA, encodeHeader } from "../safetensors/encode.js";
 import { describeIoError } from "./file-source.js";
 import { LocalOutput, checkFileOnDisk, fsyncPath, writeFileDurably } from "./local-output.js";
 import { LOCK_TAG, checkDestination, isAlive, lockOwner, moveIntoPlace, placeDestination, releaseLock, takeLock, trackOutput, untrackOutput } from "./output-folder.js";
-import { LockHeldError, RunLock, liveOwner } from "./run-lock.js";
+import { RunLock, liveOwner } from "./run-lock.js";
 
 /**
  * A consolidation split over N processes (on any machines sharing the filesystem), with no coordinator but

@@ -1,6 +1,6 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
-import { InputError, WriteError } from "../errors.js";
+import { InputError, LockHeldError, WriteError } from "../errors.js";
 import { describeIoError } from "./file-source.js";
 import { isAlive } from "./output-folder.js";
 
@@ -166,9 +166,4 @@ export class RunLock {
     const owner = readOwner(this.file);
     if (owner && owner.host === host && owner.pid === process.pid) fs.rmSync(this.file, { force: true });
   }
-}
-
-/** A lock held by a live process. */
-export class LockHeldError extends InputError {
-  override name = "LockHeldError";
 }

@@ -2,7 +2,8 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { LockHeldError, RunLock, liveOwner } from "../../src/node/run-lock.js";
+import { LockHeldError } from "../../src/errors.js";
+import { RunLock, liveOwner } from "../../src/node/run-lock.js";
 
 // The run lock guards parts of one consolidation that may run on several machines sharing a filesystem;
 // a foreign owner is played here by a lock file naming another host, whose heartbeat stands still or moves.
