@@ -8,7 +8,7 @@ import { InputError, LockHeldError, WriteError } from "../errors.js";
 import { DEFAULT_METADATA, encodeHeader } from "../safetensors/encode.js";
 import { describeIoError } from "./file-source.js";
 import { LocalOutput, checkFileOnDisk, fsyncPath, writeFileDurably } from "./local-output.js";
-import { LOCK_TAG, checkDestination, isAlive, lockOwner, moveIntoPlace, placeDestination, releaseLock, takeLock, trackOutput, untrackOutput } from "./output-folder.js";
+import { LOCK_TAG, assertNotLocked, checkDestination, moveIntoPlace, placeDestination, releaseLock, takeLock, trackOutput, untrackOutput } from "./output-folder.js";
 import { RunLock, liveOwner } from "./run-lock.js";
 
 /**
@@ -152,10 +152,7 @@ async function checkOtherRuns(p: RunPaths, ctx: RunContext, notes: Notes): Promi
 
 /** A single-process `convert` or `consolidate` writing DST right now refuses the run. */
 function checkNoSingleWriter(p: RunPaths, dst: string): void {
-  const pid = lockOwner(path.join(p.parent, `.${p.base}${LOCK_TAG}`));
-  if (pid !== undefined && pid !== process.pid && isAlive(pid)) {
-    throw new InputError(`${dst} is being written by another omni-ckpt process (pid ${pid}); wait for it or choose another destination`);
-  }
+  assertNotLocked(path.join(p.parent, `.${p.base}${LOCK_TAG}`), dst);
 }
 
 async function openRun(ctx: RunContext, count: number, notes: Notes): Promise<RunPaths> {

@@ -1,6 +1,7 @@
 import * as fs from "node:fs";
+import * as os from "node:os";
 import * as path from "node:path";
-import { InputError, UsageError, WriteError } from "../errors.js";
+import { InputError, LockHeldError, UsageError, WriteError } from "../errors.js";
 import { describeIoError } from "./file-source.js";
 import { fsyncPath, fsyncTree } from "./local-output.js";
 import { within } from "./paths.js";
@@ -19,7 +20,7 @@ export interface PrepareOptions {
    * there (`model/consolidated/` of a sharded training save, where NeMo Automodel's own tool writes).
    */
   readonly allowedInside?: string;
-  /** Told at once about leftovers of interrupted runs that were removed or restored. */
+  /** Told at once about leftovers of interrupted runs that were removed or restored, or left as another machine's. */
   readonly onNote?: (note: string) => void;
 }
 
@@ -50,11 +51,54 @@ function realish(p: string): string {
 }
 
 /**
- * PID plus a random tag: unique enough beside a lock file, and a clash only fails `mkdir`. Not from
- * node:crypto, whose OpenSSL start-up alone costs a conversion ~10 ms.
+ * This machine as locks and temporary folders name it: its hostname, with anything a file name should not
+ * hold replaced. On a shared filesystem (NFS) a pid alone says nothing: the same number may be alive on
+ * one machine and dead on another.
+ */
+export const THIS_HOST = os.hostname().replace(/[^A-Za-z0-9._-]/g, "_") || "unknown-host";
+
+/** The process that owns a lock or a temporary folder. */
+export interface Owner {
+  readonly host: string;
+  readonly pid: number;
+}
+
+function describeOwner(o: Owner): string {
+  return o.host === THIS_HOST ? `pid ${o.pid}` : `pid ${o.pid} on ${o.host}`;
+}
+
+function isThisProcess(o: Owner): boolean {
+  return o.host === THIS_HOST && o.pid === process.pid;
+}
+
+/**
+ * Whether an owner may still be running. On this machine that is whether its pid is. Another machine's
+ * pid cannot be asked from here, and these locks carry no heartbeat (a conversion's main thread is not
+ * kept free to beat, unlike the consolidation's `RunLock`), so another machine's owner always counts as
+ * running: its lock or folder stays until that run ends or someone who knows it is gone removes it.
+ */
+function mayBeRunning(o: Owner): boolean {
+  return o.host !== THIS_HOST || isAlive(o.pid);
+}
+
+/**
+ * PID, host and a random tag (`PID-HOST-RANDOM`): unique beside a lock file even among machines, and a
+ * clash only fails `mkdir`. The pid comes first, as it did before the host was added, so an older
+ * omni-ckpt on this machine still reads it. Not from node:crypto, whose OpenSSL start-up alone costs a
+ * conversion ~10 ms.
  */
 function uniqueSuffix(): string {
-  return `${process.pid}-${Math.floor(Math.random() * 0x1_0000_0000).toString(16).padStart(8, "0")}`;
+  return `${process.pid}-${THIS_HOST}-${Math.floor(Math.random() * 0x1_0000_0000).toString(16).padStart(8, "0")}`;
+}
+
+/**
+ * The owner a `uniqueSuffix` names, or undefined when it names none. `PID-RANDOM`, from before names
+ * carried the host, is this machine's: then only one machine was expected to write a DST.
+ */
+export function suffixOwner(suffix: string): Owner | undefined {
+  const m = /^(\d+)-(?:(.+)-)?[0-9a-f]+$/.exec(suffix);
+  if (!m) return undefined;
+  return { pid: Number(m[1]), host: m[2] ?? THIS_HOST };
 }
 
 /** Outputs being built in this process, for a host that must stop at once (see `abortOutputs`). */
@@ -83,10 +127,11 @@ export function abortOutputs(): number {
 /**
  * A destination folder built beside its final place and renamed into it only when complete, so DST is
  * either absent, the old content, or the whole new checkpoint — never a mix. A lock file beside it keeps
- * two conversions from racing for the same DST; leftovers of killed runs are removed on the next.
+ * two conversions from racing for the same DST, on one machine or several sharing the filesystem;
+ * leftovers of this machine's killed runs are removed on the next, another machine's only reported.
  */
 export class OutputFolder {
-  /** What the preparation found worth telling (stale leftovers removed). */
+  /** What the preparation found worth telling (stale leftovers removed, another machine's left). */
   readonly notes: string[] = [];
   private done = false;
 
@@ -131,9 +176,18 @@ export class OutputFolder {
       for (const tag of [TMP_TAG, OLD_TAG]) {
         const prefix = `.${base}${tag}`;
         if (!name.startsWith(prefix)) continue;
-        const pid = Number(name.slice(prefix.length).split("-")[0]);
-        if (Number.isInteger(pid) && pid !== process.pid && isAlive(pid)) continue;
+        const owner = suffixOwner(name.slice(prefix.length));
         const leftover = path.join(parent, name);
+        if (owner !== undefined && owner.host !== THIS_HOST) {
+          // Another machine's: whether its run is still going cannot be told from here (see `mayBeRunning`).
+          this.note(
+            tag === TMP_TAG
+              ? `left ${leftover}, the output of ${describeOwner(owner)}, which may still be writing it; if that run is gone, remove it`
+              : `left ${leftover}, a checkpoint that ${describeOwner(owner)} moved aside to replace ${this.dst} (--force); if that run is gone, it is the DST it replaced: move it back or remove it`,
+          );
+          continue;
+        }
+        if (owner !== undefined && owner.pid !== process.pid && isAlive(owner.pid)) continue;
         // A run killed between moving the old DST aside and putting the new one in place: bring the old back.
         if (tag === OLD_TAG && !fs.existsSync(this.dst)) {
           fs.renameSync(leftover, this.dst);
@@ -259,25 +313,40 @@ export function checkDestination(dst: string, target: string, force: boolean): v
   }
 }
 
-/** The pid a lock file names, or undefined when it names none (unreadable, vanished, empty, garbage). */
-export function lockOwner(file: string): number | undefined {
+/**
+ * The owner a lock file names (`{"host":…,"pid":…}`), or undefined when it names none (unreadable,
+ * vanished, empty, garbage). A lock holding a bare pid, from before locks named the host, is this machine's.
+ */
+export function lockOwner(file: string): Owner | undefined {
+  let text: string;
   try {
-    const text = fs.readFileSync(file, "utf8").trim();
-    const pid = Number(text);
-    return /^\d+$/.test(text) && pid > 0 ? pid : undefined;
+    text = fs.readFileSync(file, "utf8").trim();
+  } catch {
+    return undefined;
+  }
+  const positive = (n: unknown): n is number => Number.isSafeInteger(n) && (n as number) > 0;
+  if (/^\d+$/.test(text)) return positive(Number(text)) ? { host: THIS_HOST, pid: Number(text) } : undefined;
+  try {
+    const v = JSON.parse(text) as { host?: unknown; pid?: unknown } | null;
+    return v !== null && typeof v.host === "string" && v.host !== "" && positive(v.pid) ? { host: v.host, pid: v.pid } : undefined;
   } catch {
     return undefined;
   }
 }
 
+function sameOwner(a: Owner | undefined, b: Owner | undefined): boolean {
+  return a !== undefined && b !== undefined && a.host === b.host && a.pid === b.pid;
+}
+
 /**
- * Create `lock` holding this process's pid, or return false if it exists. The file is written whole
- * under another name and linked into place, so a lock is never seen without its pid.
+ * Create `lock` naming this process and machine, or return false if it exists. The file is written whole
+ * under another name and linked into place (link(2) fails if the lock exists, on NFS too), so a lock is
+ * never seen without its owner.
  */
 function createLock(lock: string): boolean {
   const tmp = `${lock}.${uniqueSuffix()}.new`;
   try {
-    fs.writeFileSync(tmp, `${process.pid}\n`, { flag: "wx", mode: 0o644 });
+    fs.writeFileSync(tmp, `${JSON.stringify({ host: THIS_HOST, pid: process.pid })}\n`, { flag: "wx", mode: 0o644 });
     fs.linkSync(tmp, lock);
     return true;
   } catch (e) {
@@ -288,19 +357,35 @@ function createLock(lock: string): boolean {
   }
 }
 
+/** The refusal of a DST whose lock `owner` holds; another machine's lock also says how to clear it. */
+function lockBusy(dst: string, lock: string, owner: Owner): LockHeldError {
+  const text = `${dst} is being written by another omni-ckpt process (${describeOwner(owner)}); wait for it or choose another destination`;
+  if (owner.host === THIS_HOST) return new LockHeldError(text);
+  return new LockHeldError(`${text}. If that run is gone, remove ${lock}: another machine's lock is never taken over, as whether its run is alive cannot be seen from here`);
+}
+
 /**
- * Take the lock beside a destination, or fail at once if a live process holds it. A lock whose process
- * is gone is stale: it is first moved aside and only dropped if what was moved is still that stale lock
- * (another process may have replaced it meanwhile, which then gets it back).
+ * Fail as `takeLock` would if another process that may be running holds the lock beside DST, without
+ * taking it (a consolidation run checks no single-process conversion is writing its DST).
+ */
+export function assertNotLocked(lock: string, dst: string): void {
+  const owner = lockOwner(lock);
+  if (owner !== undefined && !isThisProcess(owner) && mayBeRunning(owner)) throw lockBusy(dst, lock, owner);
+}
+
+/**
+ * Take the lock beside a destination, or fail at once if a process that may be running holds it. A lock
+ * of this machine whose process is gone is stale: it is first moved aside and only dropped if what was
+ * moved is still that stale lock (another process may have replaced it meanwhile, which then gets it
+ * back). Another machine's lock is never stale (see `mayBeRunning`); `--force` does not override it
+ * either, since it is passed routinely to replace an old DST and must not also break into a live run.
  */
 export function takeLock(lock: string, dst: string): void {
-  const busy = (pid: number): InputError =>
-    new InputError(`${dst} is being written by another omni-ckpt process (pid ${pid}); wait for it or choose another destination`);
   for (let attempt = 0; attempt < 3; attempt++) {
     if (createLock(lock)) return;
     const owner = lockOwner(lock);
     // This process's own lock is as live as any: a second conversion to the same DST waits its turn.
-    if (owner !== undefined && isAlive(owner)) throw busy(owner);
+    if (owner !== undefined && mayBeRunning(owner)) throw lockBusy(dst, lock, owner);
     const aside = `${lock}.${uniqueSuffix()}.stale`;
     try {
       fs.renameSync(lock, aside);
@@ -308,7 +393,7 @@ export function takeLock(lock: string, dst: string): void {
       continue; // Gone already: another process cleared it; try again.
     }
     const moved = lockOwner(aside);
-    if (moved !== undefined && moved !== owner && isAlive(moved)) {
+    if (moved !== undefined && !sameOwner(moved, owner) && mayBeRunning(moved)) {
       // Not the stale lock looked at but a live process's new one: put it back and leave it to it.
       try {
         fs.linkSync(aside, lock);
@@ -316,7 +401,7 @@ export function takeLock(lock: string, dst: string): void {
         // Someone took the name meanwhile; the live owner will find its lock gone and stop at commit.
       }
       fs.rmSync(aside, { force: true });
-      throw busy(moved);
+      throw lockBusy(dst, lock, moved);
     }
     fs.rmSync(aside, { force: true });
   }
@@ -324,5 +409,6 @@ export function takeLock(lock: string, dst: string): void {
 }
 
 export function releaseLock(lock: string): void {
-  if (lockOwner(lock) === process.pid) fs.rmSync(lock, { force: true });
+  const owner = lockOwner(lock);
+  if (owner !== undefined && isThisProcess(owner)) fs.rmSync(lock, { force: true });
 }

@@ -2,6 +2,7 @@ import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { LOCK_TAG, THIS_HOST } from "../../src/node/output-folder.js";
 import { CLI, runCli, snapshot, startCli, tempDir } from "../helpers/cli.js";
 
 const work = tempDir();
@@ -39,6 +40,9 @@ async function startSlowConversion(dst: string, base: string) {
   return { child, exited, stderr: () => stderr };
 }
 
+/** What a killed run of this machine leaves: `.BASE.omni-ckpt-tmp-PID-HOST-RANDOM`. */
+const killedTmp = (base: string): RegExp => new RegExp(`\\.${base}\\.omni-ckpt-tmp-\\d+-${THIS_HOST.replace(/[.]/g, "\\.")}-[0-9a-f]{8}`);
+
 describe("interruptions never leave a half-written DST", () => {
   it("SIGKILL: no DST, a clearly named temporary folder that the next run removes", async () => {
     const dst = path.join(work, "killed");
@@ -48,10 +52,10 @@ describe("interruptions never leave a half-written DST", () => {
     await run.exited;
     expect(fs.existsSync(dst)).toBe(false);
     const left = leftovers(work, "killed");
-    expect(left.some((n) => /^\.killed\.omni-ckpt-tmp-\d+-[0-9a-f]+$/.test(n))).toBe(true);
+    expect(left.some((n) => new RegExp(`^${killedTmp("killed").source}$`).test(n))).toBe(true);
     const again = runCli(["convert", "--to", "native", src, dst]);
     expect(again.code).toBe(0);
-    expect(again.stderr).toMatch(/removed .*\.killed\.omni-ckpt-tmp-\d+-[0-9a-f]+, left by an interrupted run/);
+    expect(again.stderr).toMatch(new RegExp(`removed .*${killedTmp("killed").source}, left by an interrupted run`));
     expect(leftovers(work, "killed")).toEqual([]);
     expect(runCli(["diff", dst, reference]).code).toBe(0);
     expect(snapshot(src)).toEqual(before);
@@ -112,6 +116,24 @@ describe("two conversions racing to one DST", () => {
     expect(loser.stderr).toMatch(/is being written by another omni-ckpt process \(pid \d+\)|already exists and is not empty/);
     expect(runCli(["diff", dst, reference]).code).toBe(0);
     expect(leftovers(work, "raced")).toEqual([]);
+  });
+});
+
+describe("a run of another machine sharing the filesystem", () => {
+  it("its lock makes a conversion fail at once, naming the machine and the lock to remove if that run is gone", () => {
+    const dst = path.join(work, "shared");
+    const lock = path.join(work, `.shared${LOCK_TAG}`);
+    // pid 1 is alive here, but says nothing about a process on another machine either way.
+    fs.writeFileSync(lock, `${JSON.stringify({ host: "elsewhere.invalid", pid: 1 })}\n`);
+    const r = runCli(["convert", "--to", "native", src, dst]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toBe(
+      `omni-ckpt: error: ${dst} is being written by another omni-ckpt process (pid 1 on elsewhere.invalid); wait for it or choose another destination. If that run is gone, remove ${lock}: another machine's lock is never taken over, as whether its run is alive cannot be seen from here\n`,
+    );
+    expect(leftovers(work, "shared")).toEqual([path.basename(lock)]);
+    fs.rmSync(lock);
+    expect(runCli(["convert", "--to", "native", "-q", src, dst]).code).toBe(0);
+    expect(leftovers(work, "shared")).toEqual([]);
   });
 });
 
