@@ -16,6 +16,11 @@ afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 const memory = kernelArena(0);
 const arena = memory instanceof SharedArrayBuffer ? memory : undefined;
 
+/** The worker under a writer thread (inside its JobThread), to stop it as a crash would. */
+function workerOf(t: WriteThread): import("node:worker_threads").Worker {
+  return (t as unknown as { thread: { worker: import("node:worker_threads").Worker } }).thread.worker;
+}
+
 describe.runIf(arena !== undefined)("the writer thread", () => {
   it("is only offered for buffers in the shared arena", () => {
     expect(writeThreadFor(new ArrayBuffer(8))).toBeUndefined();
@@ -65,7 +70,7 @@ describe.runIf(arena !== undefined)("the writer thread", () => {
   it("a thread that dies fails what waits on it and every later write, instead of leaving them hanging", async () => {
     const pool = new BufferPool();
     const thread = new WriteThread(arena!);
-    const worker = (thread as unknown as { worker: import("node:worker_threads").Worker }).worker;
+    const worker = workerOf(thread);
     const fd = fs.openSync(path.join(dir, "dies.bin"), "w");
     const b = pool.acquire(1 << 20).fill(3);
     const stopped = new Promise((resolve) => worker.once("exit", resolve));
@@ -81,7 +86,7 @@ describe.runIf(arena !== undefined)("the writer thread", () => {
     // The process's own thread is another one; if it dies, the next caller gets a new one.
     const own = writeThreadFor(arena!)!;
     expect(own.alive).toBe(true);
-    const ownWorker = (own as unknown as { worker: import("node:worker_threads").Worker }).worker;
+    const ownWorker = workerOf(own);
     const ownStopped = new Promise((resolve) => ownWorker.once("exit", resolve));
     await ownWorker.terminate();
     await ownStopped;
