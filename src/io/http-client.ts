@@ -91,6 +91,8 @@ export class Transient extends Error {
     message: string,
     /** How long the server asked us to wait (`Retry-After`), when it did. */
     readonly retryAfterMs?: number,
+    /** The connection's error code, for a connection failure. */
+    readonly code?: string,
   ) {
     super(message);
   }
@@ -119,13 +121,22 @@ export function retryAfterMs(value: string | null): number | undefined {
   return Number.isNaN(at) ? undefined : Math.max(0, at - Date.now());
 }
 
-const NETWORK_WORDS: Readonly<Record<string, string>> = {
+/**
+ * Connection failures worth another try, by code, with how they are worded: the network or the server
+ * dropped out for now. Only these are retried: any other code (a TLS certificate, a response that is not
+ * HTTP, a host that does not exist) fails the same way every time, so it ends the request at once.
+ */
+const TRANSIENT_CODES: Readonly<Record<string, string>> = {
   ECONNRESET: "connection reset",
   ECONNREFUSED: "connection refused",
+  ECONNABORTED: "connection aborted",
   EPIPE: "connection broken",
   ETIMEDOUT: "connection timed out",
   EHOSTUNREACH: "host unreachable",
+  EHOSTDOWN: "host down",
   ENETUNREACH: "network unreachable",
+  ENETDOWN: "network down",
+  ENETRESET: "connection reset by the network",
   EAI_AGAIN: "host name lookup failed for now",
   UND_ERR_SOCKET: "connection closed by the server",
   UND_ERR_CONNECT_TIMEOUT: "connection timed out",
@@ -133,11 +144,52 @@ const NETWORK_WORDS: Readonly<Record<string, string>> = {
   UND_ERR_BODY_TIMEOUT: "the response stalled",
 };
 
-function errorCode(e: unknown): string | undefined {
+/** OpenSSL's verdicts on a certificate chain that does not lead to a trusted authority. */
+const UNTRUSTED_CERT_CODES: ReadonlySet<string> = new Set([
+  "DEPTH_ZERO_SELF_SIGNED_CERT",
+  "SELF_SIGNED_CERT_IN_CHAIN",
+  "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
+  "UNABLE_TO_GET_ISSUER_CERT",
+  "UNABLE_TO_GET_ISSUER_CERT_LOCALLY",
+  "UNABLE_TO_DECRYPT_CERT_SIGNATURE",
+  "UNABLE_TO_DECODE_ISSUER_PUBLIC_KEY",
+  "CERT_SIGNATURE_FAILURE",
+  "CERT_UNTRUSTED",
+  "CERT_REJECTED",
+  "CERT_CHAIN_TOO_LONG",
+  "INVALID_CA",
+  "PATH_LENGTH_EXCEEDED",
+  "INVALID_PURPOSE",
+]);
+
+/** The first error code on an error or its causes (`fetch` wraps the socket's error in a TypeError), and that error's message. */
+function errorCode(e: unknown): { code: string; message: string } | undefined {
   for (let x: unknown = e, depth = 0; x && typeof x === "object" && depth < 4; x = (x as { cause?: unknown }).cause, depth++) {
     const code = (x as { code?: unknown }).code;
-    if (typeof code === "string") return code;
+    // One line: OpenSSL's messages may end in a newline.
+    if (typeof code === "string") return { code, message: (x instanceof Error ? x.message : code).replace(/\s+/g, " ").trim() };
   }
+  return undefined;
+}
+
+/**
+ * What a connection failure that no retry mends says, or undefined for a code of no known kind: a
+ * certificate, a TLS handshake or a protocol error is the URL's or its server's, for the user to fix.
+ */
+function lastingFailure(code: string, message: string, url: URL): string | undefined {
+  const host = url.host;
+  if (code === "ENOTFOUND") return `cannot resolve host ${url.hostname} (ENOTFOUND)`;
+  // OpenSSL's "wrong version number": what answered is not speaking TLS, most often a plain HTTP port.
+  const notTls = /wrong version number/i.test(message) ? "; is it a plain http:// server?" : "";
+  // EPROTO from the Node transport, and from OpenSSL when TLS goes wrong; HPE_* from the parser of Node's built-in fetch.
+  if (code === "EPROTO" && /SSL routines/.test(message)) return `TLS with ${host} failed (${code}): ${message}${notTls}`;
+  if (code === "EPROTO" || code.startsWith("HPE_") || code === "UND_ERR_RES_CONTENT_LENGTH_MISMATCH") return `invalid HTTP response from ${host} (${code}): ${message}`;
+  if (UNTRUSTED_CERT_CODES.has(code)) return `the TLS certificate of ${host} is not trusted (${code}): ${message}`;
+  if (code === "CERT_HAS_EXPIRED") return `the TLS certificate of ${host} has expired (${code}): ${message}`;
+  if (code === "CERT_NOT_YET_VALID") return `the TLS certificate of ${host} is not valid yet (${code}): ${message}`;
+  if (code === "CERT_REVOKED") return `the TLS certificate of ${host} was revoked (${code}): ${message}`;
+  if (code === "ERR_TLS_CERT_ALTNAME_INVALID") return `the TLS certificate of ${host} is for another host (${code}): ${message}`;
+  if (/^(ERR_SSL_|ERR_TLS_|CERT_)|_CERT(_|$)/.test(code)) return `TLS with ${host} failed (${code}): ${message}${notTls}`;
   return undefined;
 }
 
@@ -185,16 +237,24 @@ export class Attempt {
     this.caller?.removeEventListener("abort", this.onAbort);
   }
 
-  /** What a failed `fetch` or body read means: the caller's abort, a stall, or the network (retried). */
+  /**
+   * What a failed `fetch` or body read means: the caller's abort, a stall or a network failure (retried),
+   * or a failure that would only repeat (the user's: a bad certificate, a server that does not speak HTTP).
+   */
   failure(e: unknown, name: string, url: URL): Error {
     if (this.caller?.aborted) return new AbortError(this.caller.reason);
     if (this.stalled) return new Transient(`nothing received for ${Math.round(this.stallMs / 1000)} s`);
     if (e instanceof AbortError || e instanceof InputError || e instanceof ReadError || e instanceof Transient) return e;
-    const code = errorCode(e);
-    if (code === "ENOTFOUND") return new InputError(`${name}: cannot resolve host ${url.hostname} (ENOTFOUND)`);
-    const words = code !== undefined ? (NETWORK_WORDS[code] ?? "connection failed") : "connection failed";
-    const detail = code !== undefined ? `${words} (${code})` : `${words}: ${e instanceof Error ? e.message : String(e)}`;
-    return new Transient(detail);
+    const found = errorCode(e);
+    // A browser's fetch says only that it failed (no code, by design): a network error, so retried.
+    if (found === undefined) return new Transient(`connection failed: ${e instanceof Error ? e.message : String(e)}`);
+    const { code, message } = found;
+    const words = TRANSIENT_CODES[code];
+    if (words !== undefined) return new Transient(`${words} (${code})`, undefined, code);
+    const lasting = lastingFailure(code, message, url);
+    if (lasting !== undefined) return new InputError(`${name}: ${lasting}`);
+    // Of no kind known to pass (EMFILE, ENOBUFS, …): not the input's fault, but not retried either.
+    return new ReadError(`${name}: connection failed (${code}): ${message}`);
   }
 }
 

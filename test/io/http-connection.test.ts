@@ -1,0 +1,148 @@
+import * as fs from "node:fs";
+import * as https from "node:https";
+import * as net from "node:net";
+import * as path from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import { InputError, exitCodeOf } from "../../src/errors.js";
+import type { Fetch } from "../../src/io/http-client.js";
+import { HttpFolder } from "../../src/io/http-folder.js";
+import type { RemoteOptions } from "../../src/io/http-source.js";
+import { nodeFetch } from "../../src/node/http-transport.js";
+import { repoRoot } from "../helpers/fixtures.js";
+
+/**
+ * How the HTTP client treats a failed connection: a network failure is retried, but one that would only
+ * fail the same way again (a response that is not HTTP, a certificate nobody trusts) is refused at once as
+ * the user's to fix, after one request. The servers here are raw sockets on 127.0.0.1 that answer exactly
+ * the bytes a test gives, so the transport meets what a broken server really sends.
+ */
+
+interface RawServer {
+  readonly url: string;
+  /** Request heads received, in order. */
+  readonly requests: string[];
+  close(): Promise<void>;
+}
+
+const servers: { close(): Promise<void> }[] = [];
+afterEach(async () => {
+  await Promise.all(servers.splice(0).map((s) => s.close()));
+});
+
+/** A TCP server on loopback calling `reply` for each request head (its 0-based number among all requests). */
+async function rawServer(reply: (socket: net.Socket, request: string, nth: number) => void): Promise<RawServer> {
+  const requests: string[] = [];
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.on("close", () => sockets.delete(socket));
+    socket.on("error", () => undefined);
+    let pending = "";
+    socket.on("data", (d) => {
+      pending += d.toString("latin1");
+      for (let end = pending.indexOf("\r\n\r\n"); end >= 0; end = pending.indexOf("\r\n\r\n")) {
+        const request = pending.slice(0, end);
+        pending = pending.slice(end + 4);
+        requests.push(request);
+        reply(socket, request, requests.length - 1);
+      }
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const raw: RawServer = {
+    url: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`,
+    requests,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => resolve());
+      }),
+  };
+  servers.push(raw);
+  return raw;
+}
+
+/** Retries without waiting; the waits asked for are recorded. */
+function options(waits: number[], fetch?: Fetch): RemoteOptions {
+  return { ...(fetch ? { fetch } : {}), retry: { attempts: 6, sleep: async (ms) => void waits.push(ms) } };
+}
+
+const transports: [string, Fetch | undefined][] = [
+  ["the Node transport", nodeFetch],
+  ["the built-in fetch", undefined],
+];
+
+describe("connection failures no retry mends", () => {
+  it.each(transports)("a response that is not HTTP is refused after one request, naming the URL (exit 2), over %s", async (_, fetch) => {
+    const server = await rawServer((socket) => socket.write("SSH-2.0-OpenSSH_9.6\r\n\r\n"));
+    const waits: number[] = [];
+    const e = await new HttpFolder(`${server.url}/ckpt`, options(waits, fetch)).open("model.safetensors").catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(InputError);
+    expect(exitCodeOf(e)).toBe(2);
+    const host = server.url.slice("http://".length);
+    expect((e as Error).message).toMatch(new RegExp(`^${server.url}/ckpt/model\\.safetensors: invalid HTTP response from ${host.replace(/\./g, "\\.")} \\((EPROTO|HPE_[A-Z_]+)\\): .+$`));
+    expect(server.requests).toHaveLength(1);
+    expect(waits).toEqual([]);
+  });
+
+  it("a body longer than its Content-Length, or a bad Content-Length, is refused after one request (exit 2)", async () => {
+    const overlong = await rawServer((socket) => socket.write("HTTP/1.1 206 Partial Content\r\nContent-Length: 5\r\nContent-Range: bytes 0-4/5\r\n\r\nhello, and more"));
+    const waits: number[] = [];
+    const e = await new HttpFolder(`${overlong.url}/ckpt`, options(waits, nodeFetch)).open("model.safetensors").catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(InputError);
+    expect((e as Error).message).toBe(`${overlong.url}/ckpt/model.safetensors: invalid HTTP response from ${overlong.url.slice(7)} (EPROTO): the server sent more than its response's length`);
+    expect(overlong.requests).toHaveLength(1);
+
+    const badLength = await rawServer((socket) => socket.write("HTTP/1.1 206 Partial Content\r\nContent-Length: five\r\nContent-Range: bytes 0-4/5\r\n\r\nhello"));
+    const e2 = await new HttpFolder(`${badLength.url}/ckpt`, options(waits, nodeFetch)).open("model.safetensors").catch((x: unknown) => x);
+    expect(e2).toBeInstanceOf(InputError);
+    expect((e2 as Error).message).toBe(`${badLength.url}/ckpt/model.safetensors: invalid HTTP response from ${badLength.url.slice(7)} (EPROTO): bad Content-Length "five"`);
+    expect(badLength.requests).toHaveLength(1);
+    expect(waits).toEqual([]);
+  });
+
+  it.each(transports)("a TLS certificate nobody trusts is refused after one connection, naming the URL (exit 2), over %s", async (_, fetch) => {
+    const dir = path.join(repoRoot, "test/fixtures/tls");
+    let connections = 0;
+    // The test certificate is its own issuer and trusted by nothing here, as a misconfigured server's would be.
+    const server = https.createServer({ key: fs.readFileSync(path.join(dir, "key.pem")), cert: fs.readFileSync(path.join(dir, "cert.pem")) }, (_req, res) => res.end());
+    server.on("connection", () => connections++);
+    server.on("tlsClientError", () => undefined);
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    servers.push({
+      close: () =>
+        new Promise<void>((resolve) => {
+          server.closeAllConnections();
+          server.close(() => resolve());
+        }),
+    });
+    const host = `localhost:${(server.address() as net.AddressInfo).port}`;
+    const waits: number[] = [];
+    const e = await new HttpFolder(`https://${host}/ckpt`, options(waits, fetch)).open("model.safetensors").catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(InputError);
+    expect(exitCodeOf(e)).toBe(2);
+    expect((e as Error).message).toBe(`https://${host}/ckpt/model.safetensors: the TLS certificate of ${host} is not trusted (DEPTH_ZERO_SELF_SIGNED_CERT): self-signed certificate`);
+    expect(connections).toBe(1);
+    expect(waits).toEqual([]);
+  });
+
+  it("https:// to a server that does not speak TLS is refused after one connection, with a hint", async () => {
+    let connections = 0;
+    // A plain HTTP server answers a TLS client hello (which never ends in a blank line) as garbage.
+    const plain = net.createServer((socket) => {
+      connections++;
+      socket.on("error", () => undefined);
+      socket.once("data", () => socket.end("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"));
+    });
+    await new Promise<void>((resolve) => plain.listen(0, "127.0.0.1", resolve));
+    servers.push({ close: () => new Promise<void>((resolve) => plain.close(() => resolve())) });
+    const host = `127.0.0.1:${(plain.address() as net.AddressInfo).port}`;
+    const waits: number[] = [];
+    const e = await new HttpFolder(`https://${host}/ckpt`, options(waits, nodeFetch)).open("model.safetensors").catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(InputError);
+    expect((e as Error).message).toMatch(new RegExp(`^https://${host.replace(/\./g, "\\.")}/ckpt/model\\.safetensors: TLS with ${host.replace(/\./g, "\\.")} failed \\((EPROTO|ERR_SSL_WRONG_VERSION_NUMBER)\\): .*wrong version number.*; is it a plain http:// server\\?$`));
+    expect((e as Error).message).not.toContain("\n");
+    expect(connections).toBe(1);
+    expect(waits).toEqual([]);
+  });
+});
