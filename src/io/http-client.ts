@@ -93,6 +93,8 @@ export class Transient extends Error {
     readonly retryAfterMs?: number,
     /** The connection's error code, for a connection failure. */
     readonly code?: string,
+    /** Whether it failed before any response came (sending the request, or waiting for its head). */
+    readonly unanswered = false,
   ) {
     super(message);
   }
@@ -241,7 +243,7 @@ export class Attempt {
    * What a failed `fetch` or body read means: the caller's abort, a stall or a network failure (retried),
    * or a failure that would only repeat (the user's: a bad certificate, a server that does not speak HTTP).
    */
-  failure(e: unknown, name: string, url: URL): Error {
+  failure(e: unknown, name: string, url: URL, unanswered = false): Error {
     if (this.caller?.aborted) return new AbortError(this.caller.reason);
     if (this.stalled) return new Transient(`nothing received for ${Math.round(this.stallMs / 1000)} s`);
     if (e instanceof AbortError || e instanceof InputError || e instanceof ReadError || e instanceof Transient) return e;
@@ -250,7 +252,7 @@ export class Attempt {
     if (found === undefined) return new Transient(`connection failed: ${e instanceof Error ? e.message : String(e)}`);
     const { code, message } = found;
     const words = TRANSIENT_CODES[code];
-    if (words !== undefined) return new Transient(`${words} (${code})`, undefined, code);
+    if (words !== undefined) return new Transient(`${words} (${code})`, undefined, code, unanswered);
     const lasting = lastingFailure(code, message, url);
     if (lasting !== undefined) return new InputError(`${name}: ${lasting}`);
     // Of no kind known to pass (EMFILE, ENOBUFS, …): not the input's fault, but not retried either.
@@ -364,7 +366,7 @@ export class HttpClient {
       try {
         response = await this.fetchImpl(at.href, { headers: this.headers(at, range, accept), redirect: "manual", signal: attempt.signal });
       } catch (e) {
-        throw attempt.failure(e, name, at);
+        throw attempt.failure(e, name, at, true);
       }
       attempt.touch();
       if (response.type === "opaqueredirect") {
@@ -373,7 +375,7 @@ export class HttpClient {
         try {
           response = await this.fetchImpl(at.href, { headers: this.headers(at, range, accept), redirect: "follow", signal: attempt.signal });
         } catch (e) {
-          throw attempt.failure(e, name, at);
+          throw attempt.failure(e, name, at, true);
         }
         return { response, url: response.url || at.href, ...linked(linkedEtag, linkedSize) };
       }
@@ -404,6 +406,7 @@ export class HttpClient {
    * attempts, then becomes a `ReadError` naming the file. Any other failure ends it at once.
    */
   async retrying<T>(name: string, signal: AbortSignal | undefined, body: (attempt: Attempt) => Promise<T>): Promise<T> {
+    let resetForgiven = false;
     for (let n = 1; ; n++) {
       const attempt = new Attempt(signal, this.stallMs);
       try {
@@ -412,6 +415,16 @@ export class HttpClient {
         // Failures of fetch and of body reads arrive classified (see `Attempt.failure`); anything else is ours.
         if (!(e instanceof Transient)) throw signal?.aborted && !(e instanceof AbortError) ? new AbortError(signal.reason) : e;
         const failure = e;
+        if (n === 1 && !resetForgiven && failure.code === "ECONNRESET" && failure.unanswered) {
+          // A reset before any response on the first try is most often a pooled keep-alive connection
+          // that the server closed as we reused it (a transport need not say so): tried again at once,
+          // without a wait and without counting as one of the attempts. Only once, so a server that
+          // resets every connection still fails after the usual number of attempts; a body cut short
+          // is an ordinary failure, retried after the usual wait.
+          resetForgiven = true;
+          n = 0;
+          continue;
+        }
         if (n >= this.attempts) throw new ReadError(`${name}: ${failure.message}, still after ${this.attempts} attempts`);
         const backoff = Math.min(this.maxDelayMs, this.baseDelayMs * 2 ** (n - 1));
         await this.sleep(failure.retryAfterMs !== undefined ? Math.min(this.maxRetryAfterMs, failure.retryAfterMs) : backoff, signal);

@@ -146,3 +146,50 @@ describe("connection failures no retry mends", () => {
     expect(waits).toEqual([]);
   });
 });
+
+describe("connection failures worth a retry", () => {
+  it("a reset on the first try is tried again at once, without a wait or counting as an attempt", async () => {
+    const body = "hello";
+    // The first request's connection is reset, as a pooled keep-alive connection the server closed is.
+    const server = await rawServer((socket, _request, nth) => {
+      if (nth === 0) {
+        socket.resetAndDestroy();
+        return;
+      }
+      socket.write(`HTTP/1.1 206 Partial Content\r\nContent-Length: ${body.length}\r\nContent-Range: bytes 0-4/5\r\nETag: "e"\r\n\r\n${body}`);
+    });
+    const waits: number[] = [];
+    const source = await new HttpFolder(`${server.url}/ckpt`, options(waits, nodeFetch)).open("model.safetensors");
+    const bytes = new Uint8Array(5);
+    await source.read(bytes, 0);
+    expect(new TextDecoder().decode(bytes)).toBe(body);
+    expect(server.requests).toHaveLength(2);
+    expect(waits).toEqual([]);
+  });
+
+  it("a body cut short on the first try is retried after the usual wait, not at once", async () => {
+    // Head and part of the body, then the connection ends: a failure of the response, not of a stale connection.
+    const server = await rawServer((socket, _request, nth) => {
+      const head = 'HTTP/1.1 206 Partial Content\r\nContent-Length: 5\r\nContent-Range: bytes 0-4/5\r\nETag: "e"\r\n\r\n';
+      if (nth === 0) socket.end(`${head}he`);
+      else socket.write(`${head}hello`);
+    });
+    const waits: number[] = [];
+    const source = await new HttpFolder(`${server.url}/ckpt`, options(waits, nodeFetch)).open("model.safetensors");
+    expect(source.size).toBe(5);
+    expect(server.requests).toHaveLength(2);
+    expect(waits).toEqual([500]);
+  });
+
+  it("a server that resets every connection still fails after the usual attempts, waiting between them", async () => {
+    const server = await rawServer((socket) => socket.resetAndDestroy());
+    const waits: number[] = [];
+    const folder = new HttpFolder(`${server.url}/ckpt`, { fetch: nodeFetch, retry: { attempts: 3, sleep: async (ms) => void waits.push(ms) } });
+    const e = await folder.open("model.safetensors").catch((x: unknown) => x);
+    expect((e as Error).message).toBe(`${server.url}/ckpt/model.safetensors: connection reset (ECONNRESET), still after 3 attempts`);
+    expect(exitCodeOf(e)).toBe(1);
+    // The first reset is forgiven once; then the three attempts, with the usual back-off between them.
+    expect(server.requests).toHaveLength(4);
+    expect(waits).toEqual([500, 1000]);
+  });
+});
