@@ -39,9 +39,9 @@ export interface PreparedSavedConversion {
 }
 
 /** Where a folder's sharded save is ("" or "model"), unless the folder is an ordinary checkpoint. */
-export async function shardedSaveIn(folder: Folder): Promise<string | undefined> {
-  if ((await folder.stat(INDEX_FILE)) || (await folder.stat(SINGLE_FILE))) return undefined;
-  return locateShardedSave(folder);
+export async function shardedSaveIn(folder: Folder, signal?: AbortSignal): Promise<string | undefined> {
+  if ((await folder.stat(INDEX_FILE, signal)) || (await folder.stat(SINGLE_FILE, signal))) return undefined;
+  return locateShardedSave(folder, signal);
 }
 
 export async function prepareSavedConversion(save: ShardedSave, options: ConvertOptions): Promise<PreparedSavedConversion> {

@@ -105,12 +105,12 @@ export class ShardedSave {
  * checkpoint folder above it, undefined when it holds none. A save is recognised by its rank files' names or
  * its `.hf_metadata/fqn_to_file_index_mapping.json`.
  */
-export async function locateShardedSave(folder: Folder): Promise<string | undefined> {
+export async function locateShardedSave(folder: Folder, signal?: AbortSignal): Promise<string | undefined> {
   for (const rel of ["", MODEL_DIR]) {
     const prefix = rel === "" ? "" : `${rel}/`;
-    if ((await folder.stat(`${prefix}${METADATA_DIR}/${FILE_INDEX_MAPPING}`))?.kind === "file") return rel;
-    if (rel !== "" && (await folder.stat(rel))?.kind !== "folder") continue;
-    const entries = await folder.list(rel);
+    if ((await folder.stat(`${prefix}${METADATA_DIR}/${FILE_INDEX_MAPPING}`, signal))?.kind === "file") return rel;
+    if (rel !== "" && (await folder.stat(rel, signal))?.kind !== "folder") continue;
+    const entries = await folder.list(rel, signal);
     if (entries?.some((e) => parseRankFileName(e.name) !== undefined)) return rel;
   }
   return undefined;
@@ -120,7 +120,7 @@ export async function locateShardedSave(folder: Folder): Promise<string | undefi
 export async function openShardedSave(folder: Folder, modelRel: string, signal?: AbortSignal): Promise<ShardedSave> {
   const problems: Violation[] = [];
   const describe = (name: string): string => folder.describe(modelRel === "" ? name : `${modelRel}/${name}`);
-  const entries = await folder.list(modelRel);
+  const entries = await folder.list(modelRel, signal);
   if (entries === undefined) throw new InputError(`${modelRel === "" ? folder.name : folder.describe(modelRel)}: cannot be listed, and a sharded save is found by listing its rank files`);
 
   const found = new Map<number, string>();
@@ -157,7 +157,7 @@ export async function openShardedSave(folder: Folder, modelRel: string, signal?:
       const rel = modelRel === "" ? name : `${modelRel}/${name}`;
       let file: SafetensorsFile;
       try {
-        file = await SafetensorsFile.open(await folder.open(rel), signal);
+        file = await SafetensorsFile.open(await folder.open(rel, signal), signal);
       } catch (e) {
         if (e instanceof FormatError) {
           problems.push({ file: e.file, ...(e.tensor !== undefined ? { tensor: e.tensor } : {}), detail: e.detail });
@@ -268,7 +268,7 @@ async function readJson(folder: Folder, rel: string, problems: Violation[], sign
 
 /** The mappings and config of `.hf_metadata/`, each checked for form. */
 async function readMetadata(folder: Folder, metaRel: string, problems: Violation[], signal?: AbortSignal): Promise<SaveMetadata> {
-  const present = async (name: string): Promise<boolean> => (await folder.stat(`${metaRel}/${name}`)) !== undefined;
+  const present = async (name: string): Promise<boolean> => (await folder.stat(`${metaRel}/${name}`, signal)) !== undefined;
 
   let fileIndex: Map<string, number> | undefined;
   const indexRel = `${metaRel}/${FILE_INDEX_MAPPING}`;

@@ -40,16 +40,16 @@ class SubFolder implements Folder {
     return this.parent.describe(this.full(rel));
   }
 
-  list(rel: string): Promise<readonly FolderEntry[] | undefined> {
-    return this.parent.list(this.full(rel));
+  list(rel: string, signal?: AbortSignal): Promise<readonly FolderEntry[] | undefined> {
+    return this.parent.list(this.full(rel), signal);
   }
 
-  stat(rel: string): Promise<EntryStat | undefined> {
-    return this.parent.stat(this.full(rel));
+  stat(rel: string, signal?: AbortSignal): Promise<EntryStat | undefined> {
+    return this.parent.stat(this.full(rel), signal);
   }
 
-  open(rel: string) {
-    return this.parent.open(this.full(rel));
+  open(rel: string, signal?: AbortSignal) {
+    return this.parent.open(this.full(rel), signal);
   }
 }
 

@@ -27,13 +27,13 @@ const COPY_CHUNK = 8 * 1024 * 1024;
 export async function listAuxFiles(
   folder: Folder,
   weightFiles: ReadonlySet<string>,
-  options: { skip?: ReadonlySet<string> } = {},
+  options: { skip?: ReadonlySet<string>; signal?: AbortSignal } = {},
 ): Promise<AuxFiles> {
   const entries: { rel: string; dir: boolean }[] = [];
   const skipped: string[] = [];
   const visited = new Set<string>();
   const walk = async (rel: string): Promise<boolean> => {
-    const list = await folder.list(rel);
+    const list = await folder.list(rel, options.signal);
     if (list === undefined) return false;
     for (const entry of list) {
       const child = rel === "" ? entry.name : `${rel}/${entry.name}`;
@@ -79,7 +79,7 @@ export async function copyAuxFiles(folder: Folder, out: OutputStore, aux: AuxFil
 }
 
 async function copyThroughMemory(folder: Folder, out: OutputStore, rel: string, signal?: AbortSignal): Promise<void> {
-  const source = await folder.open(rel);
+  const source = await folder.open(rel, signal);
   try {
     const file = await out.create(rel, source.size);
     try {

@@ -63,7 +63,7 @@ export async function prepareConversion(checkpoint: Checkpoint, options: Convert
     base = { release: options.base, export: matched };
   }
   const skip = new Set([...(plan.outputConfig ? SKIP_CONFIG : []), ...(plan.droppedFiles ?? [])]);
-  const aux = await listAuxFiles(checkpoint.folder, checkpoint.weightFiles, skip.size > 0 ? { skip } : {});
+  const aux = await listAuxFiles(checkpoint.folder, checkpoint.weightFiles, { ...(skip.size > 0 ? { skip } : {}), ...(signal ? { signal } : {}) });
   return { checkpoint, config, plan, aux, ...(base ? { base } : {}) };
 }
 
@@ -136,7 +136,7 @@ export async function convertFolder(
   checkShardSize(options.maxShardSize);
   checkBaseOptions(options, options.base !== undefined);
   // A sharded training save converts straight from its rank files.
-  const saved = await shardedSaveIn(source);
+  const saved = await shardedSaveIn(source, options.signal);
   if (saved !== undefined) return convertSavedFolder(source, saved, out, options);
   const open = options.signal ? { signal: options.signal } : {};
   const checkpoint = await Checkpoint.open(source, open);

@@ -87,7 +87,7 @@ const MAX_QUANT_CONFIG_BYTES = 16_000_000;
 /** A checkpoint's plan input with its `hf_quant_config.json` read, as whole-checkpoint operations need it. */
 export async function loadPlanInput(ckpt: Checkpoint, signal?: AbortSignal): Promise<PlanInput> {
   const folder = ckpt.folder;
-  if (folder === undefined || (await folder.stat(HF_QUANT_CONFIG))?.kind !== "file") return planInput(ckpt);
+  if (folder === undefined || (await folder.stat(HF_QUANT_CONFIG, signal))?.kind !== "file") return planInput(ckpt);
   return planInput(ckpt, parseConfigText(await readText(folder, HF_QUANT_CONFIG, MAX_QUANT_CONFIG_BYTES, signal), folder.describe(HF_QUANT_CONFIG)).values);
 }
 

@@ -1,4 +1,4 @@
-import { FormatError, InputError } from "../errors.js";
+import { FormatError, InputError, throwIfAborted } from "../errors.js";
 import { type ByteSource, MemorySource } from "./byte-source.js";
 
 /** What a folder holds under a name: a file of some size, a sub-folder, or something that is neither. */
@@ -26,7 +26,8 @@ export interface EntryStat {
  * A checkpoint folder wherever it lives: on a local disk, behind an HTTP URL, on the Hugging Face Hub, in
  * memory. Names inside it are relative, `/`-separated, and never escape it; each implementation keeps its
  * own storage's rules (symlinks and FIFOs for a local disk, redirects and ETags for HTTP) to itself, so the
- * format code above it has none.
+ * format code above it has none. A `signal` cancels what a folder has to ask of its storage (a remote
+ * folder's requests, and its waits between retries): the call rejects with an `AbortError`.
  */
 export interface Folder {
   /** How the folder is named in messages: a path or a URL. */
@@ -37,11 +38,11 @@ export interface Folder {
    * The entries directly inside `rel` ("" for the folder itself), sorted by name; undefined when this kind
    * of folder cannot be listed (a plain HTTP URL).
    */
-  list(rel: string): Promise<readonly FolderEntry[] | undefined>;
+  list(rel: string, signal?: AbortSignal): Promise<readonly FolderEntry[] | undefined>;
   /** What is at `rel`, or undefined when nothing is. */
-  stat(rel: string): Promise<EntryStat | undefined>;
+  stat(rel: string, signal?: AbortSignal): Promise<EntryStat | undefined>;
   /** Open a file for positional reads. */
-  open(rel: string): Promise<ByteSource>;
+  open(rel: string, signal?: AbortSignal): Promise<ByteSource>;
 }
 
 /** Refuse a folder-relative name that is empty, absolute, or climbs out with `..`. */
@@ -67,7 +68,7 @@ const UTF8 = new TextDecoder("utf-8", { fatal: true });
  * that grows meanwhile), and decoded as strict UTF-8.
  */
 export async function readText(folder: Folder, rel: string, limit: number, signal?: AbortSignal): Promise<string> {
-  const source = await folder.open(rel);
+  const source = await folder.open(rel, signal);
   const name = folder.describe(rel);
   try {
     if (source.size > limit) throw new FormatError(name, `is ${source.size} bytes, more than the ${limit}-byte limit for this file`);
@@ -108,7 +109,8 @@ export class MemoryFolder implements Folder {
     return out;
   }
 
-  async list(rel: string): Promise<FolderEntry[]> {
+  async list(rel: string, signal?: AbortSignal): Promise<FolderEntry[]> {
+    throwIfAborted(signal);
     const prefix = rel === "" ? "" : `${rel}/`;
     const seen = new Map<string, FolderEntry>();
     for (const file of this.files.keys()) {
@@ -122,13 +124,15 @@ export class MemoryFolder implements Folder {
     return [...seen.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   }
 
-  async stat(rel: string): Promise<EntryStat | undefined> {
+  async stat(rel: string, signal?: AbortSignal): Promise<EntryStat | undefined> {
+    throwIfAborted(signal);
     const bytes = this.files.get(rel);
     if (bytes) return { kind: "file", size: bytes.byteLength };
     return this.folders().has(rel) ? { kind: "folder", size: 0 } : undefined;
   }
 
-  async open(rel: string): Promise<ByteSource> {
+  async open(rel: string, signal?: AbortSignal): Promise<ByteSource> {
+    throwIfAborted(signal);
     const bytes = this.files.get(rel);
     if (!bytes) throw new FormatError(this.describe(rel), "cannot open: no such file");
     return new MemorySource(bytes, this.describe(rel));

@@ -1,4 +1,4 @@
-import { FormatError, InputError } from "../errors.js";
+import { AbortError, FormatError, InputError } from "../errors.js";
 import type { ByteSource } from "./byte-source.js";
 import { type EntryStat, type Folder, type FolderEntry, checkRelative } from "./folder.js";
 import { discard, readBounded, redactUrl, statusFailure } from "./http-client.js";
@@ -8,6 +8,21 @@ import { type RepoRef, parseRepoId } from "./repo-id.js";
 /** A folder-relative name as a URL path: each segment percent-encoded, the slashes kept. */
 function encodePath(rel: string): string {
   return rel.split("/").map(encodeURIComponent).join("/");
+}
+
+/**
+ * A request every caller shares (a file's first response, a repo's listing), made with the signal of the
+ * caller that started it: a caller whose own signal still stands, finding it aborted by another's, asks
+ * again with its own.
+ */
+async function shared<T>(request: () => Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  for (;;) {
+    try {
+      return await request();
+    } catch (e) {
+      if (!(e instanceof AbortError) || signal?.aborted) throw e;
+    }
+  }
 }
 
 /** What every folder over HTTP shares: files opened by a ranged GET, each probed once. */
@@ -21,30 +36,35 @@ abstract class RemoteFolder implements Folder {
   }
 
   abstract describe(rel: string): string;
-  abstract list(rel: string): Promise<readonly FolderEntry[] | undefined>;
+  abstract list(rel: string, signal?: AbortSignal): Promise<readonly FolderEntry[] | undefined>;
   /** The URL of a file. */
-  protected abstract url(rel: string): Promise<string>;
+  protected abstract url(rel: string, signal: AbortSignal | undefined): Promise<string>;
 
   /** The first response for a file, asked for once: `stat` then `open` of it cost one request. */
-  protected probe(rel: string): Promise<RemoteFile | undefined> {
+  protected probe(rel: string, signal: AbortSignal | undefined): Promise<RemoteFile | undefined> {
     const key = checkRelative(rel, this.name);
-    let p = this.probes.get(key);
-    if (!p) {
-      p = this.url(key).then((url) => this.reader.probe(url, this.describe(key)));
-      this.probes.set(key, p);
-      // A failure is not remembered: asking again asks the server again.
-      p.catch(() => this.probes.delete(key));
-    }
-    return p;
+    return shared(() => {
+      let p = this.probes.get(key);
+      if (!p) {
+        const started = this.url(key, signal).then((url) => this.reader.probe(url, this.describe(key), signal));
+        this.probes.set(key, started);
+        // A failure is not remembered: asking again asks the server again.
+        started.catch(() => {
+          if (this.probes.get(key) === started) this.probes.delete(key);
+        });
+        p = started;
+      }
+      return p;
+    }, signal);
   }
 
-  async stat(rel: string): Promise<EntryStat | undefined> {
-    const file = await this.probe(rel);
+  async stat(rel: string, signal?: AbortSignal): Promise<EntryStat | undefined> {
+    const file = await this.probe(rel, signal);
     return file ? { kind: "file", size: file.size } : undefined;
   }
 
-  async open(rel: string): Promise<ByteSource> {
-    const file = await this.probe(rel);
+  async open(rel: string, signal?: AbortSignal): Promise<ByteSource> {
+    const file = await this.probe(rel, signal);
     if (!file) throw new FormatError(this.describe(rel), "cannot open: not found (HTTP 404)");
     return new HttpSource(this.reader, file);
   }
@@ -141,20 +161,23 @@ export class HubFolder extends RemoteFolder {
   }
 
   /** The revision's files, asked for once. */
-  private files(): Promise<RepoListing> {
-    if (!this.listing) {
-      this.listing = this.fetchListing();
-      this.listing.catch(() => {
-        this.listing = undefined;
-      });
-    }
-    return this.listing;
+  private files(signal: AbortSignal | undefined): Promise<RepoListing> {
+    return shared(() => {
+      if (!this.listing) {
+        const started = this.fetchListing(signal);
+        this.listing = started;
+        started.catch(() => {
+          if (this.listing === started) this.listing = undefined;
+        });
+      }
+      return this.listing;
+    }, signal);
   }
 
-  private async fetchListing(): Promise<RepoListing> {
+  private async fetchListing(signal: AbortSignal | undefined): Promise<RepoListing> {
     const url = this.apiUrl();
     const client = this.reader.client;
-    const text = await client.retrying(this.name, undefined, async (attempt) => {
+    const text = await client.retrying(this.name, signal, async (attempt) => {
       const got = await client.get(url, this.name, undefined, attempt, "application/json");
       const r = got.response;
       if (r.status === 404) {
@@ -191,13 +214,13 @@ export class HubFolder extends RemoteFolder {
     return { commit, files, folders };
   }
 
-  protected async url(rel: string): Promise<string> {
-    const { commit } = await this.files();
+  protected async url(rel: string, signal: AbortSignal | undefined): Promise<string> {
+    const { commit } = await this.files(signal);
     return `${this.endpoint}/${this.ref.repo}/resolve/${encodeURIComponent(commit)}/${encodePath(rel)}`;
   }
 
-  async list(rel: string): Promise<FolderEntry[]> {
-    const { files, folders } = await this.files();
+  async list(rel: string, signal?: AbortSignal): Promise<FolderEntry[]> {
+    const { files, folders } = await this.files(signal);
     if (!folders.has(rel)) throw new InputError(`${this.describe(rel)}: no such folder in the repo`);
     const prefix = rel === "" ? "" : `${rel}/`;
     const seen = new Map<string, FolderEntry>();
@@ -211,18 +234,18 @@ export class HubFolder extends RemoteFolder {
     return [...seen.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   }
 
-  override async stat(rel: string): Promise<EntryStat | undefined> {
+  override async stat(rel: string, signal?: AbortSignal): Promise<EntryStat | undefined> {
     const key = checkRelative(rel, this.name);
-    const { files, folders } = await this.files();
+    const { files, folders } = await this.files(signal);
     if (folders.has(key)) return { kind: "folder", size: 0 };
-    return files.has(key) ? super.stat(key) : undefined;
+    return files.has(key) ? super.stat(key, signal) : undefined;
   }
 
-  override async open(rel: string): Promise<ByteSource> {
+  override async open(rel: string, signal?: AbortSignal): Promise<ByteSource> {
     const key = checkRelative(rel, this.name);
-    const { files } = await this.files();
+    const { files } = await this.files(signal);
     if (!files.has(key)) throw new FormatError(this.describe(key), "cannot open: not among the repo's files");
-    return super.open(key);
+    return super.open(key, signal);
   }
 }
 
@@ -232,7 +255,7 @@ export function isRemoteSpec(spec: string): boolean {
 }
 
 /** A checkpoint named by URL: a folder, or (a URL ending in `.safetensors`) a single file. */
-export type RemoteSpec = { readonly name: string } & ({ readonly folder: Folder } | { readonly openFile: () => Promise<ByteSource> });
+export type RemoteSpec = { readonly name: string } & ({ readonly folder: Folder } | { readonly openFile: (signal?: AbortSignal) => Promise<ByteSource> });
 
 /**
  * Open what an `http(s)://` or `hf://ORG/NAME[@REV]` spec names. Nothing is requested yet: the first
@@ -253,7 +276,7 @@ export function remoteSource(spec: string, options: RemoteOptions = {}): RemoteS
     const parent = new URL(u.href);
     parent.pathname = u.pathname.slice(0, slash + 1);
     const folder = new HttpFolder(parent.href, options);
-    return { name: folder.describe(file), openFile: () => folder.open(file) };
+    return { name: folder.describe(file), openFile: (signal) => folder.open(file, signal) };
   }
   const folder = new HttpFolder(u.href, options);
   return { name: folder.name, folder };

@@ -50,20 +50,20 @@ export async function readJsonObject(folder: Folder, rel: string, signal?: Abort
 
 /** Open a PEFT LoRA adapter folder: `adapter_model.safetensors` (header only) and `adapter_config.json`. */
 export async function openAdapter(folder: Folder, signal?: AbortSignal): Promise<AdapterFolder> {
-  const weightsStat = await folder.stat(ADAPTER_WEIGHTS);
+  const weightsStat = await folder.stat(ADAPTER_WEIGHTS, signal);
   if (!weightsStat) {
-    const bin = await folder.stat("adapter_model.bin");
+    const bin = await folder.stat("adapter_model.bin", signal);
     throw new InputError(
       `${folder.name}: no ${ADAPTER_WEIGHTS} in this folder` +
         (bin ? " (adapter_model.bin is a pickle, which omni-ckpt does not read: save the adapter with safe_serialization=True)" : "; is it a PEFT adapter folder?"),
     );
   }
   if (weightsStat.kind !== "file") throw new FormatError(folder.describe(ADAPTER_WEIGHTS), "is not a regular file");
-  if (!(await folder.stat(ADAPTER_CONFIG))) throw new InputError(`${folder.name}: no ${ADAPTER_CONFIG} in this folder; a PEFT adapter needs one`);
+  if (!(await folder.stat(ADAPTER_CONFIG, signal))) throw new InputError(`${folder.name}: no ${ADAPTER_CONFIG} in this folder; a PEFT adapter needs one`);
   const file = folder.describe(ADAPTER_CONFIG);
   const json = await readJsonObject(folder, ADAPTER_CONFIG, signal);
   const settings = parseLoraSettings(json, file);
-  const automodelConfig = (await folder.stat(AUTOMODEL_CONFIG))?.kind === "file";
-  const weights = await SafetensorsFile.open(await folder.open(ADAPTER_WEIGHTS), signal);
+  const automodelConfig = (await folder.stat(AUTOMODEL_CONFIG, signal))?.kind === "file";
+  const weights = await SafetensorsFile.open(await folder.open(ADAPTER_WEIGHTS, signal), signal);
   return { folder, where: folder.name, weights, config: { file, json, settings }, automodelConfig, close: () => weights.close() };
 }

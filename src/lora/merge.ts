@@ -171,7 +171,7 @@ export async function prepareMerge(base: Checkpoint, adapter: AdapterFolder, opt
     tensors = referenceOrder(tensors);
     shards = planShards(tensors, options.maxShardSize ?? DEFAULT_MAX_SHARD_SIZE);
   }
-  const aux = await listAuxFiles(base.folder, base.weightFiles);
+  const aux = await listAuxFiles(base.folder, base.weightFiles, signal ? { signal } : {});
   return { base, set, to, tensors, shards, regions, aux, warnings, outputBytes: tensors.reduce((n, t) => n + byteLength(t), 0) };
 }
 

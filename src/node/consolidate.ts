@@ -76,7 +76,7 @@ export interface OpenedSave {
 /** Open the sharded save a user named: the `model/` folder, or the checkpoint folder above it. */
 export async function openLocalSave(src: string, options: { followSymlinks?: boolean; signal?: AbortSignal } = {}): Promise<OpenedSave> {
   const folder = new LocalFolder(src, options.followSymlinks ? { followSymlinks: true } : {});
-  const rel = await locateShardedSave(folder);
+  const rel = await locateShardedSave(folder, options.signal);
   if (rel === undefined) {
     throw new InputError(
       `${src}: not a sharded training save: no rank files (shard-00001-model-00001-of-00001.safetensors, …) or .hf_metadata/fqn_to_file_index_mapping.json here or in ${path.join(src, "model")}`,

@@ -1,6 +1,6 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { FormatError, InputError } from "../errors.js";
+import { FormatError, InputError, throwIfAborted } from "../errors.js";
 import type { ByteSource } from "../io/byte-source.js";
 import type { EntryStat, Folder, FolderEntry } from "../io/folder.js";
 import { FileSource, describeIoError, fileKind, readFailure } from "./file-source.js";
@@ -107,7 +107,8 @@ export class LocalFolder implements Folder {
     }
   }
 
-  async stat(rel: string): Promise<EntryStat | undefined> {
+  async stat(rel: string, signal?: AbortSignal): Promise<EntryStat | undefined> {
+    throwIfAborted(signal);
     return this.statSync(rel);
   }
 
@@ -116,7 +117,8 @@ export class LocalFolder implements Folder {
     return st ? { ...entryKind(st), size: st.size } : undefined;
   }
 
-  async list(rel: string): Promise<FolderEntry[]> {
+  async list(rel: string, signal?: AbortSignal): Promise<FolderEntry[]> {
+    throwIfAborted(signal);
     return this.listSync(rel);
   }
 
@@ -137,7 +139,8 @@ export class LocalFolder implements Folder {
     });
   }
 
-  async open(rel: string): Promise<ByteSource> {
+  async open(rel: string, signal?: AbortSignal): Promise<ByteSource> {
+    throwIfAborted(signal);
     return this.openSync(rel);
   }
 

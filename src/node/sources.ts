@@ -33,7 +33,7 @@ export interface ResolvedSource {
   /** A bare `.safetensors` file, which `inspect` and `diff` take. */
   readonly file?: string;
   /** The same named by URL. */
-  readonly openFile?: () => Promise<ByteSource>;
+  readonly openFile?: (signal?: AbortSignal) => Promise<ByteSource>;
   /** The local folder, when there is one: an output must not be inside it. */
   readonly localDir?: string;
   /** How the user named it. */
@@ -77,6 +77,6 @@ export function resolveSource(spec: string, options: SourceOptions = {}): Resolv
 export async function openSource(spec: string, options: SourceOptions & { signal?: AbortSignal } = {}): Promise<{ checkpoint: Checkpoint; source: ResolvedSource }> {
   const source = resolveSource(spec, options);
   if (source.file !== undefined) return { checkpoint: await Checkpoint.fromFile(new FileSource(source.file), options.signal), source };
-  if (source.openFile) return { checkpoint: await Checkpoint.fromFile(await source.openFile(), options.signal), source };
+  if (source.openFile) return { checkpoint: await Checkpoint.fromFile(await source.openFile(options.signal), options.signal), source };
   return { checkpoint: await Checkpoint.open(source.folder!, options), source };
 }

@@ -65,14 +65,14 @@ export class Checkpoint {
   /** Open the checkpoint of a folder. */
   static async open(folder: Folder, options: { readonly signal?: AbortSignal } = {}): Promise<Checkpoint> {
     const signal = options.signal;
-    const index = await folder.stat(INDEX_FILE);
-    const single = await folder.stat(SINGLE_FILE);
+    const index = await folder.stat(INDEX_FILE, signal);
+    const single = await folder.stat(SINGLE_FILE, signal);
     if (index && single) {
       throw new InputError(`${folder.name}: holds both ${SINGLE_FILE} and ${INDEX_FILE}; it is unclear which is the checkpoint`);
     }
     if (!index && !single) throw new InputError(`${folder.name}: no ${SINGLE_FILE} or ${INDEX_FILE} in this folder`);
     if (single) {
-      const file = await SafetensorsFile.open(await folder.open(SINGLE_FILE), signal);
+      const file = await SafetensorsFile.open(await folder.open(SINGLE_FILE, signal), signal);
       return new Checkpoint(folder, [file], tensorMap([file]), new Set([SINGLE_FILE]), false);
     }
     return openIndexed(folder, signal);
@@ -183,9 +183,9 @@ async function openIndexed(folder: Folder, signal?: AbortSignal): Promise<Checkp
     rels.push(rel);
   }
   const openOne = async (shard: string, rel: string): Promise<SafetensorsFile> => {
-    const stat = await folder.stat(rel);
+    const stat = await folder.stat(rel, signal);
     if (!stat) throw new FormatError(indexFile, `names shard ${JSON.stringify(shard)}, which cannot be opened: no such file (ENOENT)`);
-    return SafetensorsFile.open(await folder.open(rel), signal);
+    return SafetensorsFile.open(await folder.open(rel, signal), signal);
   };
   const shards = [...byShard.keys()];
   const results = await inOrder(shards.map((shard, i) => () => openOne(shard, rels[i]!)), SHARDS_OPENED_AT_ONCE);

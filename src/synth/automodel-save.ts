@@ -253,14 +253,14 @@ export async function writeAutomodelSave(checkpoint: Checkpoint, out: OutputStor
   }
 
   await out.mkdir(METADATA_DIR);
-  const aux: AuxFiles = await listAuxFiles(folder, checkpoint.weightFiles);
+  const aux: AuxFiles = await listAuxFiles(folder, checkpoint.weightFiles, options.signal ? { signal: options.signal } : {});
   for (const e of aux.entries) {
     const rel = `${METADATA_DIR}/${e.rel}`;
     if (e.dir) {
       await out.mkdir(rel);
       continue;
     }
-    const src = await folder.open(e.rel);
+    const src = await folder.open(e.rel, options.signal);
     try {
       const bytes = new Uint8Array(src.size);
       await src.read(bytes, 0, options.signal);

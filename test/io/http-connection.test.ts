@@ -3,17 +3,20 @@ import * as https from "node:https";
 import * as net from "node:net";
 import * as path from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { InputError, exitCodeOf } from "../../src/errors.js";
+import { AbortError, InputError, exitCodeOf } from "../../src/errors.js";
 import type { Fetch } from "../../src/io/http-client.js";
-import { HttpFolder } from "../../src/io/http-folder.js";
+import { HttpFolder, HubFolder } from "../../src/io/http-folder.js";
 import type { RemoteOptions } from "../../src/io/http-source.js";
 import { nodeFetch } from "../../src/node/http-transport.js";
+import { openSource } from "../../src/node/sources.js";
+import { Checkpoint } from "../../src/safetensors/checkpoint.js";
 import { repoRoot } from "../helpers/fixtures.js";
 
 /**
  * How the HTTP client treats a failed connection: a network failure is retried, but one that would only
  * fail the same way again (a response that is not HTTP, a certificate nobody trusts) is refused at once as
- * the user's to fix, after one request. The servers here are raw sockets on 127.0.0.1 that answer exactly
+ * the user's to fix, after one request; and a caller's abort stops the opening of remote files, their
+ * retries included. The servers here are raw sockets on 127.0.0.1 that answer exactly
  * the bytes a test gives, so the transport meets what a broken server really sends.
  */
 
@@ -191,5 +194,90 @@ describe("connection failures worth a retry", () => {
     // The first reset is forgiven once; then the three attempts, with the usual back-off between them.
     expect(server.requests).toHaveLength(4);
     expect(waits).toEqual([500, 1000]);
+  });
+});
+
+describe("opening remote files is cancelled by the caller's signal", () => {
+  /** A server answering 503 for ever, which aborts `controller` as its first request arrives. */
+  async function unavailable(controller: AbortController): Promise<RawServer> {
+    return rawServer((socket) => {
+      controller.abort(new Error("stop"));
+      socket.write("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n");
+    });
+  }
+
+  it("a plain URL's folder, its single file and a Hub repo stop retrying when aborted, after one request", async () => {
+    const waits: number[] = [];
+    const folderAbort = new AbortController();
+    const folderServer = await unavailable(folderAbort);
+    const e = await Checkpoint.open(new HttpFolder(`${folderServer.url}/ckpt`, options(waits, nodeFetch)), { signal: folderAbort.signal }).catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(AbortError);
+    expect((e as Error).message).toBe("stop");
+    expect(folderServer.requests).toHaveLength(1);
+
+    const fileAbort = new AbortController();
+    const fileServer = await unavailable(fileAbort);
+    const e2 = await openSource(`${fileServer.url}/ckpt/model.safetensors`, { signal: fileAbort.signal, http: options(waits) }).catch((x: unknown) => x);
+    expect(e2).toBeInstanceOf(AbortError);
+    expect(fileServer.requests).toHaveLength(1);
+
+    const hubAbort = new AbortController();
+    const hub = await unavailable(hubAbort);
+    const repo = new HubFolder({ repo: "nvidia/x", revision: "main" }, { ...options(waits, nodeFetch), endpoint: hub.url });
+    const e3 = await Checkpoint.open(repo, { signal: hubAbort.signal }).catch((x: unknown) => x);
+    expect(e3).toBeInstanceOf(AbortError);
+    expect(hub.requests).toHaveLength(1);
+    expect(hub.requests[0]).toMatch(/^GET \/api\/models\/nvidia\/x\/revision\/main /);
+    expect(waits).toEqual([]);
+  });
+
+  it("a request in flight to a server that never answers is dropped at once, with the default retries", async () => {
+    let arrived: () => void = () => undefined;
+    const first = new Promise<void>((resolve) => (arrived = resolve));
+    const silent = await rawServer(() => arrived());
+    const controller = new AbortController();
+    const opening = new HttpFolder(`${silent.url}/ckpt`, { fetch: nodeFetch }).open("model.safetensors", controller.signal);
+    await first;
+    controller.abort();
+    await expect(opening).rejects.toBeInstanceOf(AbortError);
+    expect(silent.requests).toHaveLength(1);
+  });
+
+  it("a caller sharing a file's first request with one that aborts asks again, with its own signal", async () => {
+    let arrived: () => void = () => undefined;
+    const first = new Promise<void>((resolve) => (arrived = resolve));
+    // The first request is never answered; the next are.
+    const server = await rawServer((socket, _request, nth) => {
+      if (nth === 0) {
+        arrived();
+        return;
+      }
+      socket.write('HTTP/1.1 206 Partial Content\r\nContent-Length: 5\r\nContent-Range: bytes 0-4/5\r\nETag: "e"\r\n\r\nhello');
+    });
+    const folder = new HttpFolder(`${server.url}/ckpt`, { fetch: nodeFetch });
+    const aborted = new AbortController();
+    const stat = folder.stat("model.safetensors", aborted.signal);
+    const open = folder.open("model.safetensors", new AbortController().signal);
+    await first;
+    aborted.abort();
+    await expect(stat).rejects.toBeInstanceOf(AbortError);
+    expect((await open).size).toBe(5);
+    expect(server.requests).toHaveLength(2);
+  });
+});
+
+describe("folders that ask no server", () => {
+  it("in memory and on a local disk, an aborted signal is refused as an AbortError too", async () => {
+    const { MemoryFolder } = await import("../../src/io/folder.js");
+    const { LocalFolder } = await import("../../src/node/local-folder.js");
+    const aborted = AbortSignal.abort(new Error("stop"));
+    const memory = new MemoryFolder({ "a.bin": new Uint8Array(1) });
+    const local = new LocalFolder(path.join(repoRoot, "test/fixtures/tls"));
+    for (const folder of [memory, local]) {
+      await expect(folder.open("a.bin", aborted)).rejects.toBeInstanceOf(AbortError);
+      await expect(folder.stat("a.bin", aborted)).rejects.toBeInstanceOf(AbortError);
+      await expect(folder.list("", aborted)).rejects.toBeInstanceOf(AbortError);
+    }
+    expect((await memory.open("a.bin")).size).toBe(1);
   });
 });
