@@ -19,6 +19,12 @@ export interface RemoteOptions extends HttpOptions {
   readonly maxRequestBytes?: number;
   /** Bytes of reads a stream keeps in flight over these files (`ByteSource.readAhead`). Default 8 MiB. */
   readonly readAhead?: number;
+  /**
+   * Told, in one line, what is worth knowing about the files but is no error: a server that gives a file
+   * no identity (neither ETag nor Last-Modified), so that a replacement of the same size during the run
+   * would go unnoticed.
+   */
+  readonly onNote?: (note: string) => void;
 }
 
 /** A file on a server as its first response described it. */
@@ -80,6 +86,11 @@ function ignoresRange(name: string): InputError {
   return new InputError(`${name}: the server ignores Range requests (HTTP 200 instead of 206 Partial Content); checkpoints are read only by byte ranges, so this server cannot serve one`);
 }
 
+/** Last-Modified, an empty one counting as none. */
+function lastModifiedOf(response: HttpResponse): string | undefined {
+  return response.headers.get("last-modified")?.trim() || undefined;
+}
+
 function checkEncoding(name: string, response: HttpResponse): void {
   const enc = response.headers.get("content-encoding");
   if (enc !== null && enc.trim() !== "" && enc.trim().toLowerCase() !== "identity") {
@@ -98,9 +109,13 @@ export class RemoteReader {
   private queue: PendingRead[] = [];
   private active = 0;
   private scheduled = false;
+  private readonly onNote: ((note: string) => void) | undefined;
+  /** Whether a file without identity was noted: once per folder, whose files one server mostly serves alike. */
+  private notedNoIdentity = false;
 
   constructor(options: RemoteOptions = {}) {
     this.client = new HttpClient(options);
+    this.onNote = options.onNote;
     this.headBytes = Math.min(MAX_HEAD, Math.max(8, options.headBytes ?? 128 * 1024));
     this.connections = Math.max(1, options.connections ?? 8);
     this.maxRequest = Math.max(1, options.maxRequestBytes ?? 16 * 1024 * 1024);
@@ -161,17 +176,22 @@ export class RemoteReader {
   }
 
   private file(url: string, name: string, got: Fetched, size: number, head: Uint8Array): RemoteFile {
-    const h = got.response.headers;
-    return {
+    const file: RemoteFile = {
       url,
       name,
       size,
       head,
       location: got.url,
       linkedEtag: got.linkedEtag,
-      etag: normalizeEtag(h.get("etag")),
-      lastModified: h.get("last-modified") ?? undefined,
+      etag: normalizeEtag(got.response.headers.get("etag")),
+      lastModified: lastModifiedOf(got.response),
     };
+    if (file.linkedEtag === undefined && file.etag === undefined && file.lastModified === undefined && !this.notedNoIdentity) {
+      // Only the size is left to compare between responses (see `same`): said, not refused, as such servers are common.
+      this.notedNoIdentity = true;
+      this.onNote?.(`${name}: the server sends no ETag or Last-Modified, so a file replaced on it during this run by one of the same size would go unnoticed`);
+    }
+    return file;
   }
 
   /** A body of exactly `length` bytes, read whole. */
@@ -231,7 +251,7 @@ export class RemoteReader {
     } else if (file.etag !== undefined || etag !== undefined) {
       if (etag !== file.etag) throw changed(`ETag ${JSON.stringify(file.etag ?? "")}, now ${JSON.stringify(etag ?? "")}`);
     } else {
-      const modified = got.response.headers.get("last-modified") ?? undefined;
+      const modified = lastModifiedOf(got.response);
       if (modified !== file.lastModified) throw changed(`Last-Modified ${file.lastModified ?? "none"}, now ${modified ?? "none"}`);
     }
     if (got.url !== file.location) {

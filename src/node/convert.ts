@@ -19,7 +19,7 @@ export interface ConvertRequest extends ConvertOptions, WriteOptions, SourceOpti
    * its static buffers, dtypes and shards and is audited against it (see `src/convert/base.ts`).
    */
   readonly base?: string;
-  /** Leftovers of interrupted runs removed or restored, as they are found. */
+  /** Leftovers of interrupted runs removed or restored, and what is worth knowing about an HTTP source, as they are found. */
   readonly onNote?: (note: string) => void;
 }
 

@@ -22,7 +22,7 @@ interface Common extends SourceOptions {
   readonly force?: boolean;
   readonly signal?: AbortSignal;
   readonly onProgress?: (bytes: number, tensors: number) => void;
-  /** Leftovers of interrupted runs removed or restored, as they are found. */
+  /** Leftovers of interrupted runs removed or restored, and what is worth knowing about an HTTP source, as they are found. */
   readonly onNote?: (note: string) => void;
 }
 

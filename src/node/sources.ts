@@ -25,6 +25,11 @@ export interface SourceOptions {
    * proxies, the `fetch` to use, retries, and how many requests and read-ahead bytes to allow.
    */
   readonly http?: RemoteOptions;
+  /**
+   * Told what is worth knowing about a source but is no error (an HTTP server that gives its files no
+   * identity, see `RemoteOptions.onNote`), unless `http` brings its own.
+   */
+  readonly onNote?: (note: string) => void;
 }
 
 /** Where a checkpoint named on the command line lives. */
@@ -50,7 +55,7 @@ export interface ResolvedSource {
 export function resolveSource(spec: string, options: SourceOptions = {}): ResolvedSource {
   if (isRemoteSpec(spec)) {
     // Over node:http unless the caller brings its own fetch: less work per request and per byte.
-    const remote = remoteSource(spec, { fetch: nodeFetch, ...options.http });
+    const remote = remoteSource(spec, { fetch: nodeFetch, ...(options.onNote ? { onNote: options.onNote } : {}), ...options.http });
     return { spec, display: remote.name, ...remote };
   }
   let st: fs.Stats | undefined;

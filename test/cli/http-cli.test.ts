@@ -18,6 +18,7 @@ const small = path.join(work, "small");
 let server: LoopbackServer;
 let hub: FakeHub;
 let ignoring: LoopbackServer;
+let anonymous: LoopbackServer;
 
 beforeAll(async () => {
   expect(runCli(["synth", hf, "--preset", "tiny", "--max-shard-size", "10KB"]).code).toBe(0);
@@ -27,10 +28,11 @@ beforeAll(async () => {
   server = await startServer("origin", folderHandler(work));
   hub = await startFakeHub({ "nvidia/tiny": hf });
   ignoring = await startServer("ignoring", folderHandler(work, () => ({ ignoreRange: true })));
+  anonymous = await startServer("anonymous", folderHandler(work, () => ({ withoutIdentity: true })));
 });
 
 afterAll(async () => {
-  await Promise.all([server?.close(), hub?.close(), ignoring?.close()]);
+  await Promise.all([server?.close(), hub?.close(), ignoring?.close(), anonymous?.close()]);
   fs.rmSync(work, { recursive: true, force: true });
 });
 
@@ -99,5 +101,19 @@ describe("the command line over HTTP", () => {
     const unknown = await runCliAsync(["inspect", "hf://nvidia/unknown"], { env: env() });
     expect(unknown.code).toBe(2);
     expect(unknown.stderr).toBe(`omni-ckpt: error: hf://nvidia/unknown: no such model or revision on ${hub.endpoint} (HTTP 404 from ${hub.endpoint}/api/models/nvidia/unknown/revision/main)\n`);
+  });
+
+  it("says once when a server gives its files no ETag or Last-Modified, unless --quiet or --json", async () => {
+    const r = await runCliAsync(["inspect", `${anonymous.url}/hf`]);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toBe(
+      `omni-ckpt: ${anonymous.url}/hf/model.safetensors.index.json: the server sends no ETag or Last-Modified, so a file replaced on it during this run by one of the same size would go unnoticed\n`,
+    );
+    const json = await runCliAsync(["inspect", "--json", `${anonymous.url}/hf`]);
+    expect(json.code).toBe(0);
+    expect(json.stderr).toBe("");
+    const quiet = await runCliAsync(["verify", "--quiet", `${anonymous.url}/hf`]);
+    expect(quiet.code).toBe(0);
+    expect(quiet.stderr).toBe("");
   });
 });

@@ -33,6 +33,8 @@ export interface ServeOptions {
   readonly chunked?: boolean;
   /** Replace or add response headers. */
   readonly headers?: Readonly<Record<string, string>>;
+  /** Send neither ETag nor Last-Modified: a server that gives its files no identity. */
+  readonly withoutIdentity?: boolean;
 }
 
 export type Handler = (req: http.IncomingMessage, res: http.ServerResponse, served: Served) => void;
@@ -99,7 +101,8 @@ export function serveFile(file: string, req: http.IncomingMessage, res: http.Ser
     return;
   }
   const size = st.size;
-  const headers: Record<string, string> = { etag: etagOf(st), "last-modified": st.mtime.toUTCString(), "accept-ranges": "bytes", "content-type": "application/octet-stream" };
+  const identity: Record<string, string> = options.withoutIdentity ? {} : { etag: etagOf(st), "last-modified": st.mtime.toUTCString() };
+  const headers: Record<string, string> = { ...identity, "accept-ranges": "bytes", "content-type": "application/octet-stream" };
   let start = 0;
   let end = size;
   let status = 200;

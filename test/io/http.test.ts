@@ -309,6 +309,27 @@ describe("checkpoints over HTTP", () => {
     fault = undefined;
   });
 
+  it("notes, once per folder, a server that gives its files neither ETag nor Last-Modified", async () => {
+    fault = (req) => (req.url?.startsWith("/small/") ? { withoutIdentity: true } : undefined);
+    const notes: string[] = [];
+    const report = await inspectCheckpoint(`${server.url}/small`, { http: fastRetries(), onNote: (n) => notes.push(n) });
+    expect(report.tensors).toBeGreaterThan(0);
+    expect(notes).toEqual([
+      `${server.url}/small/model.safetensors.index.json: the server sends no ETag or Last-Modified, so a file replaced on it during this run by one of the same size would go unnoticed`,
+    ]);
+    // The folder's own option, and a note for each folder.
+    const own: string[] = [];
+    const folder = new HttpFolder(`${server.url}/small`, { ...fastRetries(), onNote: (n) => own.push(n) });
+    await folder.open("config.json");
+    await folder.open("model.safetensors.index.json");
+    expect(own).toEqual([`${server.url}/small/config.json: the server sends no ETag or Last-Modified, so a file replaced on it during this run by one of the same size would go unnoticed`]);
+    // A server that sends them: nothing to say.
+    fault = undefined;
+    const none: string[] = [];
+    await inspectCheckpoint(`${server.url}/small`, { http: fastRetries(), onNote: (n) => none.push(n) });
+    expect(none).toEqual([]);
+  });
+
   it("refuses a server that ignores Range, or sends more than asked, naming the URL (exit 2)", async () => {
     fault = (req) => (req.url?.endsWith(".safetensors") ? { ignoreRange: true } : undefined);
     const e = await inspectCheckpoint(`${server.url}/small`, { http: fastRetries() }).catch((x: unknown) => x);
