@@ -48,7 +48,8 @@ export interface HttpRequest {
 
 /**
  * How requests are sent: the platform's `fetch` by default; a caller may pass another (tests, proxies,
- * or the Node entry's transport over `node:http`, which costs less per request and per byte).
+ * or the Node entry's own HTTP/1.1 client over sockets, `nodeFetch` in src/node/http-transport.ts, which
+ * costs less per request and per byte).
  */
 export type Fetch = (url: string, init: HttpRequest) => Promise<HttpResponse>;
 

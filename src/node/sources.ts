@@ -54,7 +54,8 @@ export interface ResolvedSource {
  */
 export function resolveSource(spec: string, options: SourceOptions = {}): ResolvedSource {
   if (isRemoteSpec(spec)) {
-    // Over node:http unless the caller brings its own fetch: less work per request and per byte.
+    // Over our own HTTP/1.1 client (`nodeFetch`, src/node/http-transport.ts) unless the caller brings its
+    // own fetch: less work per request and per byte than the built-in fetch.
     const remote = remoteSource(spec, { fetch: nodeFetch, ...(options.onNote ? { onNote: options.onNote } : {}), ...options.http });
     return { spec, display: remote.name, ...remote };
   }
