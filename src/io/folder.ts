@@ -61,6 +61,34 @@ export function checkRelative(rel: string, where: string, what = "file"): string
   return parts.join("/");
 }
 
+/** Every folder that holds one of `files` (folder-relative, `/`-separated), "" (the folder itself) included. */
+export function foldersOf(files: Iterable<string>): Set<string> {
+  const out = new Set<string>([""]);
+  for (const rel of files) {
+    const parts = rel.split("/");
+    for (let i = 1; i < parts.length; i++) out.add(parts.slice(0, i).join("/"));
+  }
+  return out;
+}
+
+/**
+ * The entries directly inside `rel` of a folder known by its files' names alone (in memory, a Hub repo's
+ * listing): each name there, a folder where more of a path lies below it. Sorted by name, as
+ * `Folder.list` promises.
+ */
+export function entriesIn(files: Iterable<string>, rel: string): FolderEntry[] {
+  const prefix = rel === "" ? "" : `${rel}/`;
+  const seen = new Map<string, FolderEntry>();
+  for (const file of files) {
+    if (!file.startsWith(prefix)) continue;
+    const rest = file.slice(prefix.length);
+    const slash = rest.indexOf("/");
+    const name = slash < 0 ? rest : rest.slice(0, slash);
+    seen.set(name, { name, kind: slash < 0 ? "file" : "folder" });
+  }
+  return [...seen.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+}
+
 const UTF8 = new TextDecoder("utf-8", { fatal: true });
 
 /**
@@ -101,27 +129,14 @@ export class MemoryFolder implements Folder {
   }
 
   private folders(): Set<string> {
-    const out = new Set<string>([""]);
-    for (const rel of this.files.keys()) {
-      const parts = rel.split("/");
-      for (let i = 1; i < parts.length; i++) out.add(parts.slice(0, i).join("/"));
-    }
-    return out;
+    return foldersOf(this.files.keys());
   }
 
   async list(rel: string, signal?: AbortSignal): Promise<FolderEntry[]> {
     throwIfAborted(signal);
-    const prefix = rel === "" ? "" : `${rel}/`;
-    const seen = new Map<string, FolderEntry>();
-    for (const file of this.files.keys()) {
-      if (!file.startsWith(prefix)) continue;
-      const rest = file.slice(prefix.length);
-      const slash = rest.indexOf("/");
-      const name = slash < 0 ? rest : rest.slice(0, slash);
-      seen.set(name, { name, kind: slash < 0 ? "file" : "folder" });
-    }
-    if (seen.size === 0 && !this.folders().has(rel)) throw new InputError(`${this.describe(rel)}: no such folder`);
-    return [...seen.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    const entries = entriesIn(this.files.keys(), rel);
+    if (entries.length === 0 && !this.folders().has(rel)) throw new InputError(`${this.describe(rel)}: no such folder`);
+    return entries;
   }
 
   async stat(rel: string, signal?: AbortSignal): Promise<EntryStat | undefined> {

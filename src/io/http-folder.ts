@@ -1,6 +1,6 @@
 import { AbortError, FormatError, InputError } from "../errors.js";
 import type { ByteSource } from "./byte-source.js";
-import { type EntryStat, type Folder, type FolderEntry, checkRelative } from "./folder.js";
+import { type EntryStat, type Folder, type FolderEntry, checkRelative, entriesIn, foldersOf } from "./folder.js";
 import { discard, readBounded, redactUrl, statusFailure } from "./http-client.js";
 import { HttpSource, type RemoteFile, type RemoteOptions, RemoteReader } from "./http-source.js";
 import { type RepoRef, parseRepoId } from "./repo-id.js";
@@ -201,17 +201,13 @@ export class HubFolder extends RemoteFolder {
     const { sha, siblings } = info as { sha?: unknown; siblings?: unknown };
     if (!Array.isArray(siblings)) throw bad("no siblings list");
     const files = new Set<string>();
-    const folders = new Set<string>([""]);
     for (const s of siblings) {
       const name = (s as { rfilename?: unknown } | null)?.rfilename;
       if (typeof name !== "string") throw bad("a sibling without rfilename");
-      const rel = checkRelative(name, redactUrl(url));
-      files.add(rel);
-      const parts = rel.split("/");
-      for (let i = 1; i < parts.length; i++) folders.add(parts.slice(0, i).join("/"));
+      files.add(checkRelative(name, redactUrl(url)));
     }
     const commit = typeof sha === "string" && COMMIT.test(sha) ? sha : this.ref.revision;
-    return { commit, files, folders };
+    return { commit, files, folders: foldersOf(files) };
   }
 
   protected async url(rel: string, signal: AbortSignal | undefined): Promise<string> {
@@ -222,16 +218,7 @@ export class HubFolder extends RemoteFolder {
   async list(rel: string, signal?: AbortSignal): Promise<FolderEntry[]> {
     const { files, folders } = await this.files(signal);
     if (!folders.has(rel)) throw new InputError(`${this.describe(rel)}: no such folder in the repo`);
-    const prefix = rel === "" ? "" : `${rel}/`;
-    const seen = new Map<string, FolderEntry>();
-    for (const f of files) {
-      if (!f.startsWith(prefix)) continue;
-      const rest = f.slice(prefix.length);
-      const slash = rest.indexOf("/");
-      const name = slash < 0 ? rest : rest.slice(0, slash);
-      seen.set(name, { name, kind: slash < 0 ? "file" : "folder" });
-    }
-    return [...seen.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    return entriesIn(files, rel);
   }
 
   override async stat(rel: string, signal?: AbortSignal): Promise<EntryStat | undefined> {
