@@ -3,7 +3,7 @@ import type { ByteSource } from "./byte-source.js";
 import { type EntryStat, type Folder, type FolderEntry, checkRelative, entriesIn, foldersOf } from "./folder.js";
 import { discard, readBounded, redactUrl, statusFailure } from "./http-client.js";
 import { HttpSource, type RemoteFile, type RemoteOptions, RemoteReader } from "./http-source.js";
-import { type RepoRef, parseRepoId } from "./repo-id.js";
+import { type RepoRef, isCommitHash, parseRepoId } from "./repo-id.js";
 
 /** A folder-relative name as a URL path: each segment percent-encoded, the slashes kept. */
 function encodePath(rel: string): string {
@@ -129,7 +129,6 @@ interface RepoListing {
 }
 
 const MAX_LISTING_BYTES = 64 * 1024 * 1024;
-const COMMIT = /^[0-9a-f]{40}$/;
 
 /**
  * A model repo on the Hugging Face Hub (or a mirror): `hf://ORG/NAME[@REV]`. Its files are listed by
@@ -206,7 +205,7 @@ export class HubFolder extends RemoteFolder {
       if (typeof name !== "string") throw bad("a sibling without rfilename");
       files.add(checkRelative(name, redactUrl(url)));
     }
-    const commit = typeof sha === "string" && COMMIT.test(sha) ? sha : this.ref.revision;
+    const commit = typeof sha === "string" && isCommitHash(sha) ? sha : this.ref.revision;
     return { commit, files, folders: foldersOf(files) };
   }
 

@@ -9,6 +9,11 @@ export interface RepoRef {
   readonly revision: string;
 }
 
+/** Whether a revision is a full commit hash (which names a cache snapshot, and a Hub revision, directly). */
+export function isCommitHash(revision: string): boolean {
+  return /^[0-9a-f]{40}$/.test(revision);
+}
+
 /** A repo id segment as the Hub allows them: letters, digits, `-`, `_`, `.`, not starting with `-` or `.`. */
 const SEGMENT = /^[A-Za-z0-9_][A-Za-z0-9_.-]*$/;
 

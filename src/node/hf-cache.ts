@@ -2,7 +2,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { InputError } from "../errors.js";
-import { type RepoRef, parseRepoId } from "../io/repo-id.js";
+import { type RepoRef, isCommitHash, parseRepoId } from "../io/repo-id.js";
 
 export { type RepoRef, parseRepoId };
 
@@ -28,8 +28,6 @@ export function repoFolderName(repo: string): string {
   return `models--${repo.split("/").join("--")}`;
 }
 
-const COMMIT = /^[0-9a-f]{40}$/;
-
 /**
  * The snapshot folder of a cached revision. A commit hash names its snapshot folder directly; a branch,
  * tag or `refs/pr/N` is looked up in `refs/` (which holds the commit it pointed to when last downloaded).
@@ -42,7 +40,7 @@ export function cachedSnapshot(ref: RepoRef, cacheDir: string): string {
     throw new InputError(`${spec}: not a local folder, and not in the Hugging Face cache (looked for ${repoDir}); to read it from the Hub, name it hf://${ref.repo}${ref.revision === "main" ? "" : `@${ref.revision}`} (or fetch it first with huggingface-cli download ${ref.repo})`);
   }
   let commit = ref.revision;
-  if (!COMMIT.test(commit)) {
+  if (!isCommitHash(commit)) {
     const refFile = path.join(repoDir, "refs", ...ref.revision.split("/"));
     let text: string;
     try {
@@ -51,7 +49,7 @@ export function cachedSnapshot(ref: RepoRef, cacheDir: string): string {
       throw new InputError(`${spec}: revision ${JSON.stringify(ref.revision)} is not in the Hugging Face cache (no ${refFile})`);
     }
     commit = text.trim();
-    if (!COMMIT.test(commit)) throw new InputError(`${refFile}: does not hold a commit hash`);
+    if (!isCommitHash(commit)) throw new InputError(`${refFile}: does not hold a commit hash`);
   }
   const snapshot = path.join(repoDir, "snapshots", commit);
   if (!fs.existsSync(snapshot)) {
