@@ -92,7 +92,7 @@ export class Checkpoint {
 
   /** `config.json` of the folder, read and parsed; a missing or broken config is the user's to fix. */
   async readConfig(signal?: AbortSignal): Promise<ConfigFile> {
-    if (this.folder === undefined) throw new InputError("a bare .safetensors file has no config.json; pass a checkpoint folder");
+    if (this.folder === undefined) throw new InputError(`${this.where}: a bare .safetensors file has no config.json; pass the checkpoint folder it belongs to`);
     const file = this.folder.describe(CONFIG_FILE);
     return parseConfigText(await readText(this.folder, CONFIG_FILE, MAX_CONFIG_BYTES, signal), file);
   }

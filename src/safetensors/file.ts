@@ -65,7 +65,7 @@ export class SafetensorsFile {
 
   private check(entry: TensorEntry, offset: number, length: number): void {
     if (offset < 0 || offset + length > entry.end - entry.begin) {
-      throw new RangeError(`read of ${length} bytes at ${offset} is outside tensor ${entry.name}`);
+      throw new RangeError(`${this.name}: read of ${length} bytes at ${offset} is outside tensor ${JSON.stringify(entry.name)}`);
     }
   }
 

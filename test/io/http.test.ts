@@ -161,6 +161,10 @@ describe("checkpoints over HTTP", () => {
     const shard = fs.readdirSync(localNative).find((f) => f.endsWith(".safetensors"))!;
     const one = await diffCheckpoints(`${server.url}/local-native/${shard}`, path.join(localNative, shard), { http: fastRetries() });
     expect(one.identical).toBe(true);
+    // Which verify cannot take, and says of which file.
+    const bare = await verifyCheckpoint(`${server.url}/local-native/${shard}`, { http: fastRetries() }).catch((x: unknown) => x);
+    expect(bare).toBeInstanceOf(InputError);
+    expect((bare as Error).message).toBe(`${server.url}/local-native/${shard}: a bare .safetensors file has no config.json; pass the checkpoint folder it belongs to`);
   });
 
   it("an expert-parallel rank fetches only its experts and the shared weights", async () => {

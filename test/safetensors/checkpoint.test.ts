@@ -142,7 +142,7 @@ describe("healthy folders", () => {
     expect(ckpt.sharded).toBe(false);
     expect(ckpt.weightFiles.size).toBe(0);
     expect(readAll(ckpt)).toEqual({ w: [1, 119, 7] });
-    await expectInputError(() => ckpt.readConfig(), "a bare .safetensors file has no config.json; pass a checkpoint folder");
+    await expectInputError(() => ckpt.readConfig(), `${file}: a bare .safetensors file has no config.json; pass the checkpoint folder it belongs to`);
     ckpt.close();
   });
 

@@ -547,7 +547,7 @@ describe("reading from disk", () => {
       const buf = new Uint8Array(3);
       await st.readRange(b, 2, buf);
       expect(buf).toEqual(new Uint8Array([6, 7, 8]));
-      expect(() => st.readRangeSync(b, 3, new Uint8Array(3))).toThrow(new RangeError("read of 3 bytes at 3 is outside tensor b"));
+      expect(() => st.readRangeSync(b, 3, new Uint8Array(3))).toThrow(new RangeError(`${file}: read of 3 bytes at 3 is outside tensor "b"`));
       expect(() => st.readTensorSync("c")).toThrow(new RangeError(`${file}: no tensor "c"`));
     } finally {
       st.close();
