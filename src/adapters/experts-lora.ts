@@ -198,10 +198,18 @@ export function fusedLoraPart(part: ParamWrapperPart): { proj: "up_proj" | "down
  * A fused ParamWrapper LoRA tensor (SPEC §8) → each expert's matrix as PEFT v4's per-expert module holds it
  * (`lora_A` [r, in], `lora_B` [out, r]), named `…experts.{e}.{proj}.lora_{A,B}.weight`: views, no copy.
  */
-export function fusedLoraToPerExpert(prefix: string, layer: string, t: PlannedTensor, part: ParamWrapperPart, nExperts: number): PlannedTensor[] {
+export function fusedLoraToPerExpert(
+  prefix: string,
+  layer: string,
+  t: PlannedTensor,
+  part: ParamWrapperPart,
+  nExperts: number,
+  /** The projection, when the layer's one wrapper is up_proj's (see perExpertLoraToFused). */
+  proj: "up_proj" | "down_proj" = fusedLoraPart(part).proj,
+): PlannedTensor[] {
   requireMatrix(t, "a ParamWrapper LoRA weight");
   const [rows, cols] = t.shape as [number, number];
-  const { proj, half } = fusedLoraPart(part);
+  const { half } = fusedLoraPart(part);
   const folded = half === "lora_A" ? rows : cols;
   if (folded % nExperts !== 0 || folded === 0) {
     throw new ConversionError(
@@ -217,10 +225,21 @@ export function fusedLoraToPerExpert(prefix: string, layer: string, t: PlannedTe
 }
 
 /** One projection's per-expert LoRA matrices, in expert order → its fused ParamWrapper tensor (SPEC §8). */
-export function perExpertLoraToFused(prefix: string, layer: string, proj: "up_proj" | "down_proj", half: LoraHalf, experts: readonly PlannedTensor[]): PlannedTensor {
+export function perExpertLoraToFused(
+  prefix: string,
+  layer: string,
+  proj: "up_proj" | "down_proj",
+  half: LoraHalf,
+  experts: readonly PlannedTensor[],
+  /**
+   * Whether up_proj's wrapper is nested in down_proj's (both projections adapted): PEFT wraps the experts
+   * once per targeted parameter, down_proj's outermost, and a lone wrapper's LoRA has the unnested names.
+   */
+  nested = true,
+): PlannedTensor {
   const first = requireUniform(experts, `layer ${layer} LoRA ${proj}.${half}`);
   const E = experts.length;
-  const part: ParamWrapperPart = `${proj === "up_proj" ? "base_layer." : ""}${half}.weight` as ParamWrapperPart;
+  const part: ParamWrapperPart = `${proj === "up_proj" && nested ? "base_layer." : ""}${half}.weight` as ParamWrapperPart;
   const name = paramWrapperKey(prefix, layer, part);
   if (half === "lora_A") {
     const [r, cols] = first.shape as [number, number];

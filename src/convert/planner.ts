@@ -85,6 +85,15 @@ export function planInput(ckpt: Checkpoint, hfQuantConfig?: unknown): PlanInput 
 const MAX_QUANT_CONFIG_BYTES = 16_000_000;
 
 /** A checkpoint's plan input with its `hf_quant_config.json` read, as whole-checkpoint operations need it. */
+/**
+ * Every routing bias (`….gate.e_score_correction_bias`) in float32, as the reference writes it when it saves
+ * an HF checkpoint: a bf16 bias mis-routes tokens. Its Omni wrapper forgets this (SPEC §2); no HF
+ * checkpoint omni-ckpt writes does.
+ */
+export function routingBiasInF32<T extends PlannedTensor>(tensors: readonly T[]): T[] {
+  return tensors.map((t) => (t.name.endsWith("e_score_correction_bias") && isFloat(t.dtype) && t.dtype !== "F32" ? { ...t, dtype: "F32" as const } : t));
+}
+
 export async function loadPlanInput(ckpt: Checkpoint, signal?: AbortSignal): Promise<PlanInput> {
   const folder = ckpt.folder;
   if (folder === undefined || (await folder.stat(HF_QUANT_CONFIG, signal))?.kind !== "file") return planInput(ckpt);
@@ -184,14 +193,8 @@ export function planConversion(input: PlanInput, configFile: ConfigFile, options
   const fatal = plan.diagnostics.find((d) => FATAL.has(d.code));
   if (fatal) throw new ConversionError(`${where}: ${fatal.message}`);
 
-  // The reference writes the routing bias in float32 when it saves an HF checkpoint; a bf16 bias
-  // mis-routes tokens. Its Omni wrapper forgets this (SPEC §2), a whole-checkpoint export must not.
   let tensors = plan.tensors;
-  if (options.to === "hf") {
-    tensors = tensors.map((t) =>
-      t.name.includes("e_score_correction_bias") && isFloat(t.dtype) && t.dtype !== "F32" ? { ...t, dtype: "F32" as const } : t,
-    );
-  }
+  if (options.to === "hf") tensors = routingBiasInF32(tensors);
   if (quant) tensors = withScales(tensors, quant);
   tensors = referenceOrder(tensors);
   const truncate = options.numLayers !== undefined && options.numLayers < config.llm.numHiddenLayers;

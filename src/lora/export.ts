@@ -173,11 +173,37 @@ function strings(list: Iterable<string>): JsonValue[] {
   return [...new Set(list)].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
 }
 
-/** The modules_to_save entries renamed as modules, where the rules rename them (suffixes like `lm_head` stay). */
-function renamedModulesToSave(json: JsonObject, rename: (m: string) => string | undefined): void {
+const moduleOf = (weight: string): string => weight.slice(0, Math.max(0, weight.lastIndexOf(".")));
+
+/**
+ * The modules_to_save entries renamed as modules are. A full name the rules rename is renamed. A suffix
+ * (PEFT matches entries with `name.endswith(entry)`) stays when every saved module it matched still ends
+ * with it once renamed (`lm_head`); otherwise (`embed_tokens`, now `…backbone.embeddings`) it becomes the
+ * renamed names of the modules it matched, which the adapter holds weights of.
+ */
+function renamedModulesToSave(
+  json: JsonObject,
+  rename: (m: string) => string | undefined,
+  saved: readonly { readonly from: string; readonly to: string }[],
+): void {
   const v = json.get("modules_to_save");
   if (!Array.isArray(v)) return;
-  json.set("modules_to_save", v.map((m) => (typeof m === "string" ? (rename(m) ?? m) : m)));
+  const out: JsonValue[] = [];
+  for (const m of v) {
+    if (typeof m !== "string") {
+      out.push(m);
+      continue;
+    }
+    const full = rename(m);
+    if (full !== undefined && full !== m) {
+      out.push(full);
+      continue;
+    }
+    const matched = saved.filter((s) => moduleOf(s.from).endsWith(m));
+    if (matched.every((s) => moduleOf(s.to).endsWith(m))) out.push(m);
+    else for (const s of matched) if (!out.includes(moduleOf(s.to))) out.push(moduleOf(s.to));
+  }
+  json.set("modules_to_save", out);
 }
 
 function setOrDelete(json: JsonObject, key: string, value: JsonValue | undefined): void {
@@ -205,9 +231,14 @@ function planToHf(set: LoraSet, experts: ExpertExport): ExportPlan {
           "(transformers 5 does not build the MTP layers); export with --experts per-expert",
       );
     }
-    for (const g of expertGroups(set, routed).values()) {
+    const groups = [...expertGroups(set, routed).values()];
+    const layerKey = (g: { prefix: string; layer: string }): string => `${g.prefix}\u0000${g.layer}`;
+    const projsOf = new Map<string, number>();
+    for (const g of groups) projsOf.set(layerKey(g), (projsOf.get(layerKey(g)) ?? 0) + 1);
+    for (const g of groups) {
+      const nested = projsOf.get(layerKey(g))! > 1;
       for (const [half, ab] of halves) {
-        const t = perExpertLoraToFused(g.prefix, g.layer, g.proj, half, g.list.map((m) => m[ab]));
+        const t = perExpertLoraToFused(g.prefix, g.layer, g.proj, half, g.list.map((m) => m[ab]), nested);
         tensors.push(renamed(t, PEFT_PREFIX + t.name));
       }
       targetParameters.push(`${fusedExperts(g.layer)}.${g.proj}`);
@@ -215,6 +246,12 @@ function planToHf(set: LoraSet, experts: ExpertExport): ExportPlan {
     written.push(...routed);
   } else if (routed.length > 0) {
     dropped = { modules: routed.length, tensors: new Set(routed.flatMap((m) => m.keys)).size };
+    if (dense.length === 0 && set.replacements.length === 0) {
+      throw new InputError(
+        `${set.adapter.weights.name}: every one of its ${routed.length} LoRA modules is a routed expert's, so --experts drop would leave an adapter with nothing in it, ` +
+          "which PEFT cannot load; serve the merged model instead (lora merge)",
+      );
+    }
   }
   for (const r of set.replacements) tensors.push(renamed(inputTensor(r.key, r.info), PEFT_PREFIX + r.weight));
 
@@ -239,7 +276,11 @@ function planToHf(set: LoraSet, experts: ExpertExport): ExportPlan {
   setOrDelete(json, "alpha_pattern", alphaPattern.length > 0 ? new Map(alphaPattern) : undefined);
   if (json.get("rank_pattern") === undefined && set.adapter.config.json.has("rank_pattern")) json.set("rank_pattern", new Map());
   if (json.get("alpha_pattern") === undefined && set.adapter.config.json.has("alpha_pattern")) json.set("alpha_pattern", new Map());
-  renamedModulesToSave(json, (m) => set.names.moduleToHf(m));
+  renamedModulesToSave(
+    json,
+    (m) => set.names.moduleToHf(m),
+    set.replacements.map((r) => ({ from: r.key.slice(PEFT_PREFIX.length), to: r.weight })),
+  );
   return finish(set, "hf", experts, tensors, json, {
     modules: exported.length,
     expertModules: exported.filter((m) => m.expert).length,
@@ -277,6 +318,14 @@ function planToNative(set: LoraSet): ExportPlan {
     for (const [half, ab] of halves) tensors.push(renamed(m[ab], keyOf(native, half)));
   }
   const routed = set.modules.filter((m) => m.expert);
+  if (routed.length > 0 && set.expertForm === "per-expert" && set.configFrom === "adapter") {
+    // Per-expert modules do not say how many experts a layer has: an adapter lacking the last ones would
+    // pass as a smaller model's. The fused form folds the count into its shapes, but needs the base too.
+    throw new InputError(
+      `${file}: tensor ${JSON.stringify(routed[0]!.keys[0])}: is routed-expert LoRA per expert, which does not say how many experts each layer has, ` +
+        "and Automodel's grouped form needs every one: give the base model (--base RELEASE) so the count comes from its config",
+    );
+  }
   for (const g of expertGroups(set, routed).values()) {
     const prefix = set.names.expertPrefixToNative(g.prefix, g.layer);
     if (prefix === undefined) throw new InputError(`${file}: no rule names ${expertsBase(g.prefix, g.layer)} in the native layout`);
@@ -287,16 +336,18 @@ function planToNative(set: LoraSet): ExportPlan {
     tensors.push(stackTransposed(PEFT_PREFIX + groupedLoraKey(prefix, g.layer, aName), g.list.map((m) => m.a), `${what} LoRA A`));
     tensors.push(stackTransposed(PEFT_PREFIX + groupedLoraKey(prefix, g.layer, bName), g.list.map((m) => m.b), `${what} LoRA B`));
   }
+  const savedNative: { from: string; to: string }[] = [];
   for (const r of set.replacements) {
     const native = set.names.weightToNative(r.weight);
     if (native === undefined) throw new InputError(`${file}: tensor ${JSON.stringify(r.key)}: no rule names ${r.weight} in the native layout`);
     tensors.push(renamed(inputTensor(r.key, r.info), PEFT_PREFIX + native));
+    savedNative.push({ from: r.key.slice(PEFT_PREFIX.length), to: native });
   }
   const json: JsonObject = new Map(set.adapter.config.json);
   json.set("target_modules", strings(nativeModules));
   setOrDelete(json, "target_parameters", routed.length > 0 ? AUTOMODEL_TARGET_PARAMETERS : undefined);
   json.delete("rank_pattern");
   json.delete("alpha_pattern");
-  renamedModulesToSave(json, (m) => set.names.moduleToNative(m));
+  renamedModulesToSave(json, (m) => set.names.moduleToNative(m), savedNative);
   return finish(set, "native", undefined, tensors, json, { modules: set.modules.length, expertModules: routed.length });
 }

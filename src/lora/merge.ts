@@ -5,7 +5,7 @@ import { BufferPool } from "../convert/buffer-pool.js";
 import { checkpointSource, prefixedUnion } from "../convert/checkpoint-source.js";
 import { checkShardSize } from "../convert/convert.js";
 import type { Layout } from "../convert/layout.js";
-import { loadPlanInput, planConversion } from "../convert/planner.js";
+import { loadPlanInput, planConversion, routingBiasInF32 } from "../convert/planner.js";
 import { streamTensors } from "../convert/stream.js";
 import { ConversionError, InputError } from "../errors.js";
 import type { Folder } from "../io/folder.js";
@@ -148,7 +148,8 @@ export async function prepareMerge(base: Checkpoint, adapter: AdapterFolder, opt
   const warnings = [...set.warnings];
 
   let tensors: PlannedTensor[];
-  if (to === "hf") tensors = [...base.tensors.values()].map((t) => inputTensor(t.name, t));
+  // The base as it is, but for a routing bias a buggy export left in bf16: as convert --to hf does.
+  if (to === "hf") tensors = routingBiasInF32([...base.tensors.values()].map((t) => inputTensor(t.name, t)));
   else {
     const dtype = expertDType(base);
     const plan = planConversion(input, config, { to: "native", ...(dtype !== undefined ? { dtype } : {}) });

@@ -57,6 +57,8 @@ export interface LoraSet {
   readonly expertForm: ExpertForm | undefined;
   /** The base's config, or one read off the adapter's own tensors when no base was given. */
   readonly config: ModelConfig;
+  /** Whether `config` is the base's or only what the adapter's own tensors show. */
+  readonly configFrom: "base" | "adapter";
   readonly names: ModuleNames;
   readonly warnings: readonly string[];
 }
@@ -123,8 +125,13 @@ export function readLora(adapter: AdapterFolder, base?: BaseModel): LoraSet {
   const perExpert = new Map<string, { prefix: string; layer: string; expert: number; proj: ExpertProj } & Half>();
   const fused = new Map<string, { prefix: string; layer: string; parts: Map<ParamWrapperPart, string> }>();
   const full: string[] = [];
+  const loraDtype = (key: string): void => {
+    const dtype = info(key).dtype;
+    if (!MERGEABLE.has(dtype)) fail(key, `is ${dtype}; LoRA weights must be BF16, F16 or F32 (a quantized or integer adapter cannot be exported or merged)`);
+  };
   for (const [key, k] of stripped) {
     const ek = parseExpertKey(k);
+    if (ek?.kind === "grouped-lora" || ek?.kind === "expert-lora" || ek?.kind === "param-wrapper" || /\.lora_[AB]\.weight$/.test(k)) loraDtype(key);
     if (ek?.kind === "grouped-lora") {
       const id = `${ek.prefix}\u0000${ek.layer}`;
       const g = grouped.get(id) ?? { prefix: ek.prefix, layer: ek.layer, parts: new Map() };
@@ -186,7 +193,7 @@ export function readLora(adapter: AdapterFolder, base?: BaseModel): LoraSet {
   /** Scale and rank check of a PEFT adapter's module (or `module.parameter` key), by PEFT's own rules. */
   const peftScale = (key: string, peftKey: string, rank: number, targeted: boolean): { alpha: number; scale: number } => {
     if (!targeted) {
-      fail(key, `its module ${peftKey} is not among ${settings.file}'s ${peftKey.endsWith("experts.up_proj") || peftKey.endsWith("experts.down_proj") ? "target_parameters" : "target_modules"}, so PEFT would not load it`);
+      fail(key, `its module ${peftKey} is not among ${settings.file}'s ${/(^|\.)experts\.(up|down)_proj$/.test(peftKey) ? "target_parameters" : "target_modules"}, so PEFT would not load it`);
     }
     const p = peftModuleScale(settings, peftKey);
     if (p.rank !== rank) fail(key, `has rank ${rank}, but ${settings.file} gives ${peftKey} rank ${p.rank} (r or rank_pattern), so PEFT would refuse it`);
@@ -286,13 +293,19 @@ export function readLora(adapter: AdapterFolder, base?: BaseModel): LoraSet {
       ["base_layer.lora_A.weight", "base_layer.lora_B.weight"],
       ["lora_A.weight", "lora_B.weight"],
     ];
+    // PEFT wraps the experts once per targeted parameter: with both, down_proj's wrapper is the outer one
+    // (`…experts.lora_A`) and up_proj's the inner (`…experts.base_layer.lora_A`); with one, its wrapper is
+    // the only one and holds the unnested names, so those are up_proj's when only up_proj is targeted.
+    const nested = [...g.parts.keys()].some((p) => p.startsWith("base_layer."));
+    const targeted = (proj: ExpertProj): boolean => targetsParameter(settings, `${expertsBase(g.prefix, g.layer)}.${proj}`);
+    const lone: ExpertProj | undefined = !nested && !targeted("down_proj") && targeted("up_proj") ? "up_proj" : undefined;
     for (const [aPart, bPart] of pairs) {
       const a = g.parts.get(aPart);
       const b = g.parts.get(bPart);
       if (a === undefined && b === undefined) continue;
       if (a === undefined) fail(b!, `has no matching ${paramWrapperKey(g.prefix, g.layer, aPart)}: a LoRA pair needs both halves`);
       if (b === undefined) fail(a!, `has no matching ${paramWrapperKey(g.prefix, g.layer, bPart)}: a LoRA pair needs both halves`);
-      const { proj } = fusedLoraPart(aPart);
+      const proj = lone ?? fusedLoraPart(aPart).proj;
       const ia = info(a!);
       const ib = info(b!);
       if (ia.shape.length !== 2) fail(a!, `is ${formatShape(ia.shape)}; a ParamWrapper LoRA A must be a matrix [r·E, in]`);
@@ -302,8 +315,8 @@ export function readLora(adapter: AdapterFolder, base?: BaseModel): LoraSet {
       const rank = ia.shape[0]! / E;
       if (ib.shape[1] !== rank * E) fail(b!, `${formatShape(ib.shape)} has ${ib.shape[1]} columns, but its A ${JSON.stringify(a)} ${formatShape(ia.shape)} has rank ${rank} for ${E} experts (${rank * E})`);
       const s = peftScale(a!, peftKey, rank, targetsParameter(settings, peftKey));
-      const as = fusedLoraToPerExpert(g.prefix, g.layer, inputTensor(a!, ia), aPart, E);
-      const bs = fusedLoraToPerExpert(g.prefix, g.layer, inputTensor(b!, ib), bPart, E);
+      const as = fusedLoraToPerExpert(g.prefix, g.layer, inputTensor(a!, ia), aPart, E, proj);
+      const bs = fusedLoraToPerExpert(g.prefix, g.layer, inputTensor(b!, ib), bPart, E, proj);
       as.forEach((at, e) => {
         modules.push({
           name: expertModuleKey(g.prefix, g.layer, e, proj),
@@ -353,7 +366,7 @@ export function readLora(adapter: AdapterFolder, base?: BaseModel): LoraSet {
   modules.sort((x, y) => (x.name < y.name ? -1 : x.name > y.name ? 1 : 0));
   const expertForm: ExpertForm | undefined = grouped.size > 0 ? "grouped" : perExpert.size > 0 ? "per-expert" : fused.size > 0 ? "fused" : undefined;
   const warnings = names.diagnostics.map((d) => `${d.message} (in naming an adapter module)`);
-  return { adapter, source, modules, replacements, expertForm, config, names, warnings };
+  return { adapter, source, modules, replacements, expertForm, config, configFrom: base ? "base" : "adapter", names, warnings };
 }
 
 /** Every module must adapt a weight the base has, of the shape the LoRA pair gives, in a float dtype. */

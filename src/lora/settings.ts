@@ -152,14 +152,22 @@ function listMatch(list: readonly string[], name: string): boolean {
   return list.some((t) => name === t || name.endsWith(`.${t}`));
 }
 
-/** The layer number PEFT reads from a module name for `layers_to_transform`. */
+/**
+ * The layer number PEFT reads from a module name for `layers_to_transform`: `re.match(r".*\.[^.]*\.(\d+)\.")`,
+ * or `.*\.{pattern}\.(\d+)\.` per `layers_pattern`. The leading `.*` is greedy, so the last numbered part
+ * before the module's own name counts: for `…layers.3.mixer.experts.7.up_proj` that is 7, the expert, not
+ * the layer. PEFT reads it so, and so omni-ckpt does.
+ */
 function layerIndex(s: LoraSettings, name: string): number | undefined {
   const patterns = s.layersPattern;
   const m = patterns && patterns.length > 0
-    ? patterns.map((p) => compileKeyRegex(`.*?\\.${p}\\.(\\d+)\\.`).exec(name)).find((x) => x)
-    : /^.*?\.[^.]*\.(\d+)\./.exec(name);
+    ? patterns.map((p) => compileKeyRegex(`.*\\.${p}\\.(\\d+)\\.`).exec(name)).find((x) => x)
+    : /^.*\.[^.]*\.(\d+)\./.exec(name);
   return m ? Number(m[1]) : undefined;
 }
+
+/** Modules that are no linear layer in this model, which PEFT's "all-linear" leaves alone: embeddings. */
+const NOT_LINEAR = /(^|\.)(embeddings|embed_tokens|word_embeddings)$/;
 
 /** Whether PEFT puts a LoRA layer on module `name` (relative to the model, no `base_model.model.`). */
 export function targetsModule(s: LoraSettings, name: string): boolean {
@@ -173,11 +181,13 @@ export function targetsModule(s: LoraSettings, name: string): boolean {
   if (t === undefined) return false;
   if (typeof t === "string") {
     // "all-linear" puts LoRA on every linear layer but the output layer.
-    if (t === "all-linear") return !/(^|\.)lm_head$/.test(name);
+    if (t.toLowerCase() === "all-linear") return !/(^|\.)lm_head$/.test(name) && !NOT_LINEAR.test(name);
     return fullMatch(t, name, s.file, "target_modules");
   }
+  // A module named in full is targeted whatever layers_to_transform says; a suffix only in those layers.
+  if (t.includes(name)) return true;
   if (!listMatch(t, name)) return false;
-  if (s.layersToTransform === undefined) return true;
+  if (s.layersToTransform === undefined || s.layersToTransform.length === 0) return true;
   const layer = layerIndex(s, name);
   return layer !== undefined && s.layersToTransform.includes(layer);
 }

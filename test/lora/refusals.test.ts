@@ -1,116 +1,16 @@
-import * as fs from "node:fs";
 import * as path from "node:path";
 import { describe, expect, it } from "vitest";
 import { FormatError, InputError, UsageError } from "../../src/errors.js";
-import { type Folder, MemoryFolder } from "../../src/io/folder.js";
+import { MemoryFolder } from "../../src/io/folder.js";
 import { MemoryOutput } from "../../src/io/output.js";
-import { baseModel } from "../../src/lora/base.js";
-import { exportAdapterFolder } from "../../src/lora/export-files.js";
-import { mergeFolders } from "../../src/lora/merge.js";
 import { LocalFolder } from "../../src/node/local-folder.js";
-import { Checkpoint } from "../../src/safetensors/checkpoint.js";
-import { serialize } from "../../src/safetensors/encode.js";
-import { SafetensorsFile } from "../../src/safetensors/file.js";
-import type { Tensor } from "../../src/tensor/tensor.js";
-import { loraDir } from "../helpers/fixtures.js";
 import { planSynth } from "../../src/synth/layout.js";
 import { quantizeSynthPlan, writeQuantSynth } from "../../src/synth/quantize.js";
+import { loraDir } from "../helpers/fixtures.js";
 import { PEFT } from "../helpers/lora.js";
+import { BASE, C, LM, T, W, adapterDir, baseVariant, exportError, hfExport, mergeError, refused, variant, withBase, zeros } from "../helpers/lora-fixture.js";
 
 /* Every way an adapter or a base is refused, each with its exact message, naming the key or file. */
-
-const fixture = path.join(loraDir, "tiny-experts-rank2");
-const LM = `${PEFT}language_model.model.layers`;
-
-function files(dir: string): Map<string, Uint8Array> {
-  return new Map(fs.readdirSync(dir).map((f) => [f, new Uint8Array(fs.readFileSync(path.join(dir, f)))]));
-}
-
-function tensorsOf(bytes: Uint8Array): Map<string, Tensor> {
-  const f = SafetensorsFile.fromBytes(bytes);
-  return new Map([...f.tensors.keys()].map((n) => [n, f.readTensorSync(n)]));
-}
-
-/** The fixture's adapter (or another folder's files) with its tensors and config changed. */
-function variant(
-  change: { tensors?: (t: Map<string, Tensor>) => void; config?: (c: Record<string, unknown>) => void },
-  from: Map<string, Uint8Array> = files(path.join(fixture, "adapter")),
-): MemoryFolder {
-  const out = new Map(from);
-  if (change.tensors) {
-    const t = tensorsOf(out.get("adapter_model.safetensors")!);
-    change.tensors(t);
-    out.set("adapter_model.safetensors", serialize(t));
-  }
-  if (change.config) {
-    const c = JSON.parse(new TextDecoder().decode(out.get("adapter_config.json")!)) as Record<string, unknown>;
-    change.config(c);
-    out.set("adapter_config.json", new TextEncoder().encode(JSON.stringify(c, null, 2)));
-  }
-  return new MemoryFolder(out, "adapter");
-}
-
-function baseVariant(change: { config?: (c: Record<string, unknown>) => void; tensors?: (t: Map<string, Tensor>) => void }): MemoryFolder {
-  const out = files(path.join(fixture, "base"));
-  if (change.config) {
-    const c = JSON.parse(new TextDecoder().decode(out.get("config.json")!)) as Record<string, unknown>;
-    change.config(c);
-    out.set("config.json", new TextEncoder().encode(JSON.stringify(c, null, 2)));
-  }
-  if (change.tensors) {
-    const t = tensorsOf(out.get("model.safetensors")!);
-    change.tensors(t);
-    out.set("model.safetensors", serialize(t));
-  }
-  return new MemoryFolder(out, "base");
-}
-
-const base = (): Folder => new LocalFolder(path.join(fixture, "base"));
-
-async function exportError(adapter: Folder, options: Parameters<typeof exportAdapterFolder>[2] = {}): Promise<Error> {
-  return exportAdapterFolder(adapter, new MemoryOutput(), options).then(
-    () => {
-      throw new Error("expected a refusal");
-    },
-    (e: unknown) => e as Error,
-  );
-}
-
-async function mergeError(adapter: Folder, from: Folder = base(), options: Parameters<typeof mergeFolders>[3] = {}): Promise<Error> {
-  return mergeFolders(from, adapter, new MemoryOutput(), options).then(
-    () => {
-      throw new Error("expected a refusal");
-    },
-    (e: unknown) => e as Error,
-  );
-}
-
-async function hfExport(options: Parameters<typeof exportAdapterFolder>[2] = {}): Promise<Map<string, Uint8Array>> {
-  const out = new MemoryOutput();
-  await exportAdapterFolder(new LocalFolder(path.join(fixture, "adapter")), out, options);
-  return out.files;
-}
-
-async function withBase(folder: Folder = base()): Promise<{ base: ReturnType<typeof baseModel> }> {
-  const ckpt = await Checkpoint.open(folder);
-  const b = baseModel(ckpt, await ckpt.readConfig());
-  ckpt.close();
-  return { base: b };
-}
-
-const W = "adapter/adapter_model.safetensors";
-const C = "adapter/adapter_config.json";
-
-const T = (key: string): string => `${W}: tensor ${JSON.stringify(key)}: `;
-const BASE = path.join(fixture, "base");
-const adapterDir = (): Folder => new LocalFolder(path.join(fixture, "adapter"));
-const zeros = (shape: number[]): Tensor => ({ dtype: "BF16", shape, data: new Uint8Array(shape.reduce((a, b) => a * b, 1) * 2) });
-
-async function refused(p: Promise<Error>, kind: new (...args: never[]) => Error, message: string): Promise<void> {
-  const e = await p;
-  expect(e).toBeInstanceOf(kind);
-  expect(e.message).toBe(message);
-}
 
 describe("refusals, each naming the key or file", () => {
   it("a key that no rule places", async () => {
@@ -247,7 +147,7 @@ describe("refusals, each naming the key or file", () => {
     );
   });
 
-  it("what the native layout cannot hold: fused experts without the base, missing experts, rsLoRA scales", async () => {
+  it("what the native layout cannot hold: fused or per-expert experts without the base, missing experts, rsLoRA scales", async () => {
     await refused(
       exportError(new MemoryFolder(await hfExport({ experts: "fused" }), "adapter"), { to: "native" }),
       FormatError,
@@ -257,6 +157,11 @@ describe("refusals, each naming the key or file", () => {
       exportError(variant({ tensors: (t) => { for (const k of [...t.keys()]) if (k.includes("layers.4.mixer.experts.3.")) t.delete(k); } }, await hfExport()), { to: "native", ...(await withBase()) }),
       InputError,
       `${W}: language_model.backbone.layers.4.mixer.experts.*.down_proj has LoRA for 3 of 4 experts (none for expert 3: no ${PEFT}language_model.backbone.layers.4.mixer.experts.3.down_proj.lora_A.weight); Automodel's grouped form needs every expert`,
+    );
+    await refused(
+      exportError(variant({ tensors: (t) => { for (const k of [...t.keys()]) if (k.includes("layers.4.mixer.experts.3.")) t.delete(k); } }, await hfExport()), { to: "native" }),
+      InputError,
+      `${W}: tensor "${PEFT}language_model.backbone.layers.1.mixer.experts.0.down_proj.lora_A.weight": is routed-expert LoRA per expert, which does not say how many experts each layer has, and Automodel's grouped form needs every one: give the base model (--base RELEASE) so the count comes from its config`,
     );
     await refused(
       exportError(variant({ config: (c) => { c["use_rslora"] = true; } }, await hfExport()), { to: "native" }),

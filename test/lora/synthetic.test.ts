@@ -182,7 +182,7 @@ describe("synthetic Automodel adapters on the small base", () => {
 
   it("comes back from the per-expert export to the Automodel adapter bit for bit (export --to native)", async () => {
     const hf = await exportOf(adapterFolder);
-    const back = await exportOf(new MemoryFolder(hf.files, "hf"), { to: "native" });
+    const back = await exportOf(new MemoryFolder(hf.files, "hf"), { to: "native", ...(await withBase()) });
     expect(compareTensors(tensorsOf(back.files.get("adapter_model.safetensors")!), adapter.tensors)).toEqual([]);
   });
 
@@ -349,7 +349,7 @@ describe("PEFT adapters on the HF release: rsLoRA, alpha_pattern, modules_to_sav
     const got = merged.get("mlp1.0.weight")!;
     expect(got.dtype).toBe("BF16");
     expect(new Set(elementBits(got))).toEqual(new Set([0x3ec0]));
-    const back = await exportOf(folder, { to: "native" });
+    const back = await exportOf(folder, { to: "native", ...(await withBase()) });
     expect(tensorsOf(back.files.get("adapter_model.safetensors")!).has(`${PEFT}vision_projector.norm.weight`)).toBe(true);
     expect((JSON.parse(new TextDecoder().decode(back.files.get("adapter_config.json")!)) as { modules_to_save: string[] }).modules_to_save).toEqual(["vision_projector.norm"]);
   });
