@@ -55,7 +55,7 @@ export async function prepareConversion(checkpoint: Checkpoint, options: Convert
   }
   checkBaseOptions({ to: options.to }, options.base !== undefined);
   const config = await checkpoint.readConfig(signal);
-  let plan = planConversion(await loadPlanInput(checkpoint, signal), config, options);
+  let plan = planConversion(await loadPlanInput(checkpoint, signal), config, { ...options, againstRelease: options.base !== undefined });
   let base: PreparedConversion["base"];
   if (options.base) {
     const matched = await planAgainstRelease(plan.tensors, checkpoint.tensors, checkpoint.where, options.base, options.baseName ?? options.base.where, signal);

@@ -6,7 +6,7 @@ import { type DType, isFloat, itemSize } from "../tensor/dtype.js";
 import { type TensorInfo, byteLength, formatShape, numel, sameShape } from "../tensor/tensor.js";
 import { checkpointSource } from "./checkpoint-source.js";
 import { type Layout, detectLayout, layoutName, layoutShortName } from "./layout.js";
-import { loadPlanInput, planConversion } from "./planner.js";
+import { loadPlanInput, losslessExpertDType, planConversion } from "./planner.js";
 import { type TensorSink, streamTensors } from "./stream.js";
 
 export type DifferenceKind = "only-a" | "only-b" | "dtype" | "shape" | "content";
@@ -281,9 +281,18 @@ async function compareAcrossLayouts(a: Checkpoint, b: Checkpoint, la: Layout, lb
     throw new InputError(`${b.where} is in the ${layoutName(lb)} layout but ${a.where} is ${layoutName(la)}; converting it to compare needs its folder (with config.json), not a single file`);
   }
   const config = await b.readConfig(options.signal);
-  const plan = planConversion(await loadPlanInput(b, options.signal), config, { to: la });
+  // Grouped in a dtype that holds B's experts exactly: rounding them to convert's default bf16 could make
+  // float32 experts that differ look the same as A's.
+  const dtype = la === "native" ? losslessExpertDType(b.tensors.values()) : undefined;
+  const plan = planConversion(await loadPlanInput(b, options.signal), config, { to: la, ...(dtype !== undefined ? { dtype } : {}) });
   const converted = new Map(plan.tensors.map((t) => [t.name, t]));
   const { differences, pairs } = classify(a.tensors, converted, a.where, `${b.where} (converted to ${layoutShortName(la)})`);
+  // What the conversion leaves out of B (a gate_proj of ungated experts, …) is a difference too.
+  const read = new Set(plan.tensors.flatMap((t) => t.pieces.map((p) => p.src)));
+  for (const [name, t] of b.tensors) {
+    if (read.has(name)) continue;
+    differences.push({ name, kind: "only-b", detail: `only in ${b.where} (${t.dtype}${formatShape(t.shape)}), which the conversion to ${layoutShortName(la)} leaves out` });
+  }
   const hashes = new Map<string, { a: string; b: string }>();
   const bytesTotal = pairs.reduce((n, p) => n + byteLength(p.b), 0);
   let bytesDone = 0;

@@ -6,7 +6,7 @@ import { byteLength, numel } from "../tensor/tensor.js";
 import { COMPONENTS, type Component, componentOf } from "./components.js";
 import { checkConsistency, requireConsistent } from "./consistency.js";
 import { type Layout, detectLayout } from "./layout.js";
-import { type QuantSummary, detectQuantization, summarizeQuantization } from "../quant/detect.js";
+import { type QuantSummary, detectQuantization, logicalShape, summarizeQuantization } from "../quant/detect.js";
 import { loadPlanInput, planConversion } from "./planner.js";
 
 export interface ComponentStats {
@@ -46,16 +46,16 @@ export interface InspectReport {
 }
 
 /**
- * Everything `inspect` shows, from headers and config.json alone: instant even on the 66 GB model. A folder
- * whose config.json is missing, broken or contradicted by the tensors is refused, as `convert` would.
+ * Tensors, parameters, bytes and dtypes per component. A parameter is a model weight's element: an NVFP4
+ * weight packs two in a byte (its logical shape counts), and a quantized checkpoint's scales are none.
  */
-export async function describeCheckpoint(ckpt: Checkpoint, location = ckpt.where, signal?: AbortSignal): Promise<InspectReport> {
+function tally(ckpt: Checkpoint, extras?: ReadonlyMap<string, unknown>): { params: number; components: InspectReport["components"] } {
   const stats = new Map<Component, { tensors: number; params: number; bytes: number; dtypes: Partial<Record<DType, number>> }>();
   let params = 0;
   for (const t of ckpt.tensors.values()) {
     const c = componentOf(t.name);
     const s = stats.get(c) ?? { tensors: 0, params: 0, bytes: 0, dtypes: {} };
-    const n = numel(t.shape);
+    const n = extras?.has(t.name) ? 0 : numel(logicalShape(t.name, t, ckpt.tensors));
     s.tensors++;
     s.params += n;
     s.bytes += byteLength(t);
@@ -63,10 +63,20 @@ export async function describeCheckpoint(ckpt: Checkpoint, location = ckpt.where
     stats.set(c, s);
     params += n;
   }
-  const components = COMPONENTS.filter((c) => stats.has(c)).map((c) => ({ component: c, ...stats.get(c)! }));
+  return { params, components: COMPONENTS.filter((c) => stats.has(c)).map((c) => ({ component: c, ...stats.get(c)! })) };
+}
+
+/**
+ * Everything `inspect` shows, from headers and config.json alone: instant even on the 66 GB model. A folder
+ * whose config.json is missing, broken or contradicted by the tensors is refused, as `convert` would.
+ */
+export async function describeCheckpoint(ckpt: Checkpoint, location = ckpt.where, signal?: AbortSignal): Promise<InspectReport> {
   const layout = detectLayout(ckpt.tensors.keys()).layout;
-  const base = { location, layout, files: ckpt.files.length, tensors: ckpt.tensors.size, params, bytes: ckpt.totalBytes, components };
-  if (ckpt.folder === undefined) return base;
+  const summary = (extras?: ReadonlyMap<string, unknown>) => {
+    const { params, components } = tally(ckpt, extras);
+    return { location, layout, files: ckpt.files.length, tensors: ckpt.tensors.size, params, bytes: ckpt.totalBytes, components };
+  };
+  if (ckpt.folder === undefined) return summary();
 
   const configFile = await ckpt.readConfig(signal);
   const config: ModelConfig = parseModelConfig(configFile.values, configFile.file);
@@ -101,7 +111,7 @@ export async function describeCheckpoint(ckpt: Checkpoint, location = ckpt.where
     }
   }
   return {
-    ...base,
+    ...summary(quant?.extras),
     model,
     ...(epSlice ? { epSlice } : {}),
     ...(quantization ? { quantization } : {}),

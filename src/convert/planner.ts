@@ -2,6 +2,7 @@ import { type ModelConfig, parseModelConfig, truncationEdits } from "../adapters
 import type { ExpertActivation, ExpertParallel } from "../adapters/experts.js";
 import { NemotronOmniStateDictAdapter } from "../adapters/nemotron-omni.js";
 import { NemotronV3StateDictAdapter, resolveDType } from "../adapters/nemotron-v3.js";
+import { parseExpertKey } from "../adapters/expert-keys.js";
 import { type Diagnostic, type Plan, type PlannedTensor, inputTensor } from "../adapters/plan.js";
 import { compileKeyRegex } from "../adapters/key-regex.js";
 import { ConversionError, InputError, UsageError } from "../errors.js";
@@ -11,7 +12,7 @@ import { referenceOrder } from "../safetensors/encode.js";
 import { type JsonEdit, editJson } from "../safetensors/json-edit.js";
 import { type Quantization, SCHEME_NAMES, detectQuantization, hasNvfp4 } from "../quant/detect.js";
 import { HF_QUANT_CONFIG, dequantizedHeaders, quantConfigEdits, quantizedError, withScales } from "../quant/plan.js";
-import { isFloat } from "../tensor/dtype.js";
+import { type DType, isFloat } from "../tensor/dtype.js";
 import { type TensorInfo, byteLength } from "../tensor/tensor.js";
 import { checkConsistency, requireConsistent } from "./consistency.js";
 import { type Layout, layoutName, requireLayout } from "./layout.js";
@@ -33,6 +34,11 @@ export interface ConvertOptions {
    * leave its scales and quantization config out; without it a quantized checkpoint is refused.
    */
   readonly dequantize?: boolean;
+  /**
+   * The output is matched to the release it came from afterwards (`--base`): an HF source is then a
+   * conversion of its own (the release's buffers, dtypes and shards), not "already in the layout".
+   */
+  readonly againstRelease?: boolean;
 }
 
 /** What a dequantizing conversion did, for its summary. */
@@ -92,6 +98,22 @@ const MAX_QUANT_CONFIG_BYTES = 16_000_000;
  */
 export function routingBiasInF32<T extends PlannedTensor>(tensors: readonly T[]): T[] {
   return tensors.map((t) => (t.name.endsWith("e_score_correction_bias") && isFloat(t.dtype) && t.dtype !== "F32" ? { ...t, dtype: "F32" as const } : t));
+}
+
+/**
+ * The dtype that holds every routed-expert weight of an HF checkpoint exactly once grouped: theirs when they
+ * agree, else float32 (which holds bf16, f16 and FP8 values exactly). Undefined when there are none, or
+ * when one is of a dtype no grouped expert tensor can take.
+ */
+export function losslessExpertDType(tensors: Iterable<TensorInfo & { readonly name: string }>): DType | undefined {
+  const seen = new Set<DType>();
+  for (const t of tensors) if (parseExpertKey(t.name)?.kind === "expert-weight") seen.add(t.dtype);
+  if (seen.size === 0) return undefined;
+  if (seen.size === 1) {
+    const only = [...seen][0]!;
+    return only === "BF16" || only === "F16" || only === "F32" ? only : undefined;
+  }
+  return [...seen].every((d) => d === "BF16" || d === "F16" || d === "F32") ? "F32" : undefined;
 }
 
 export async function loadPlanInput(ckpt: Checkpoint, signal?: AbortSignal): Promise<PlanInput> {
@@ -157,9 +179,9 @@ export function planConversion(input: PlanInput, configFile: ConfigFile, options
   const { where } = input;
   const { headers, quant } = resolveQuantization(input, configFile, options.dequantize === true);
   const source = requireLayout(headers.keys(), where);
-  // Dequantizing into the same layout is a conversion of its own: the HF checkpoint written in bf16.
+  // Dequantizing into the same layout, or matching an HF export to its release, is a conversion of its own.
   const sameLayout = source === options.to;
-  if (sameLayout && !quant) throw new InputError(`${where}: is already in the ${layoutName(source)} layout`);
+  if (sameLayout && !quant && options.againstRelease !== true) throw new InputError(`${where}: is already in the ${layoutName(source)} layout`);
   const configPath = configFile.file;
   const config = parseModelConfig(configFile.values, configPath);
   checkOptions(options, config);
@@ -213,7 +235,7 @@ export function planConversion(input: PlanInput, configFile: ConfigFile, options
   };
 }
 
-/** An HF checkpoint dequantized into the HF layout: every tensor as it is (but for `--exclude`). */
+/** An HF checkpoint into the HF layout (dequantized, or matched to its release): every tensor as it is (but for `--exclude`). */
 function samePlan(headers: ReadonlyMap<string, TensorInfo>, exclude: string | undefined): Plan {
   const re = exclude === undefined ? undefined : compileKeyRegex(exclude);
   return { tensors: [...headers].filter(([name]) => !re?.test(name)).map(([name, info]) => inputTensor(name, info)), diagnostics: [] };

@@ -56,8 +56,19 @@ export class LocalFolder implements Folder {
     }
     if (!st.isDirectory()) throw new InputError(`${dir}: is ${fileKind(st)}, not a checkpoint folder`);
     this.root = fs.realpathSync(dir);
-    const blobs = cacheBlobsOf(this.root);
-    this.allowed = blobs ? [this.root, blobs] : [this.root];
+    // The blobs folder may itself be a link (a cache whose blobs were moved to a bigger disk): links into
+    // it are compared with where it really is. Found from the path as named and as resolved.
+    const blobs = new Set<string>();
+    for (const at of [path.resolve(dir), this.root]) {
+      const b = cacheBlobsOf(at);
+      if (b === undefined) continue;
+      try {
+        blobs.add(fs.realpathSync(b));
+      } catch {
+        blobs.add(b);
+      }
+    }
+    this.allowed = [this.root, ...blobs];
   }
 
   get name(): string {

@@ -169,6 +169,22 @@ describe("the Hugging Face cache", () => {
     expect(fs.existsSync(path.join(work, "escape-out"))).toBe(false);
   });
 
+  it("a repo whose blobs folder is itself a link (moved to another disk) is read as its own blobs", () => {
+    const repo = path.join(work, "hub-moved", "models--x--moved");
+    const snap = path.join(repo, "snapshots", COMMIT);
+    fs.cpSync(snapshotDir, snap, { recursive: true, verbatimSymlinks: true });
+    const elsewhere = path.join(work, "big-disk", "blobs");
+    fs.cpSync(path.join(cache, "models--nvidia--Tiny-Omni", "blobs"), elsewhere, { recursive: true });
+    fs.symlinkSync(elsewhere, path.join(repo, "blobs"));
+    expectOk(runCli(["inspect", snap]));
+    // Still only the repo's own blobs: a link past them stays refused.
+    fs.rmSync(path.join(snap, "tokenizer.json"));
+    fs.symlinkSync(path.join(hf, "tokenizer.json"), path.join(snap, "tokenizer.json"));
+    const r = runCli(["convert", "--to", "native", snap, path.join(work, "moved-out")]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain(`${path.join(snap, "tokenizer.json")}: is a symlink leading outside the checkpoint folder`);
+  });
+
   it("a repo id is looked up in HF_HUB_CACHE, else HF_HOME/hub, else XDG_CACHE_HOME/huggingface/hub", () => {
     const viaHome = path.join(work, "hf-home");
     makeCache(path.join(viaHome, "hub"));

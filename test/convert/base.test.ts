@@ -137,6 +137,25 @@ describe("convert --to hf --base RELEASE", () => {
     expect(fs.readFileSync(path.join(out, "config.json"))).toEqual(fs.readFileSync(path.join(trained, "config.json")));
   });
 
+  it("takes an HF export of the trained model too (consolidate's output is one), to the same result", () => {
+    const viaNative = dir("export-via-native");
+    expect(runCli(["convert", "--to", "hf", "--base", release, trained, viaNative]).code).toBe(0);
+    const short = dir("trained-hf");
+    expect(runCli(["convert", "--to", "hf", trained, short]).code).toBe(0);
+    expect(loadAll(short).size).toBe(loadAll(release).size - 4);
+    const out = dir("export-from-hf");
+    const r = runCli(["convert", "--to", "hf", "--base", release, short, out]);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(r.stdout.split("\n")[0]).toMatch(/^\d+ of \d+ release tensors present, 4 taken from the release, /);
+    expect(r.stdout).toContain("converted HF → HF: ");
+    const a = loadAll(viaNative);
+    const b = loadAll(out);
+    expect([...b.keys()].sort()).toEqual([...a.keys()].sort());
+    for (const [name, t] of a) expect(b.get(name), name).toEqual(t);
+    expect(fs.readdirSync(out).filter((f) => f.endsWith(".safetensors")).sort()).toEqual(fs.readdirSync(release).filter((f) => f.endsWith(".safetensors")).sort());
+  });
+
   it("works on any folder and output through the core's convertFolder", async () => {
     const memory = (folder: string, name: string): MemoryFolder =>
       new MemoryFolder(fs.readdirSync(folder).map((f) => [f, new Uint8Array(fs.readFileSync(path.join(folder, f)))] as [string, Uint8Array]), name);

@@ -256,4 +256,15 @@ describe("inspect of quantized checkpoints", () => {
     expect(text).toMatch(/^quantized: ModelOpt FP8 and NVFP4 \(config\.json quantization_config: modelopt MIXED_PRECISION; hf_quant_config\.json: modelopt MIXED_PRECISION\)$/m);
     expect(text).toMatch(/^convert --dequantize cannot read it: \d+ weights are NVFP4/m);
   });
+
+  it("counts the parameters of the model the weights stand for: NVFP4's two per byte, no scale", async () => {
+    const plain = await inspectCheckpoint(dir("bf16"));
+    for (const q of ["fp8", "nvfp4", "block"]) {
+      const report = await inspectCheckpoint(dir(q));
+      const like = q === "block" ? await inspectCheckpoint(dir("small-bf16")) : plain;
+      expect(report.params, q).toBe(like.params);
+      expect(report.components.map((c) => [c.component, c.params]), q).toEqual(like.components.map((c) => [c.component, c.params]));
+      expect(report.tensors, q).toBeGreaterThan(like.tensors);
+    }
+  });
 });
