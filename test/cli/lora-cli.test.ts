@@ -42,7 +42,8 @@ describe("omni-ckpt lora", () => {
     expect(fs.readFileSync(path.join(dst, "model.safetensors")).equals(fs.readFileSync(path.join(fixture, "expected-merged/model.safetensors")))).toBe(true);
     expect(fs.readFileSync(path.join(dst, "config.json")).equals(fs.readFileSync(path.join(base, "config.json")))).toBe(true);
     const back = path.join(work, "back");
-    expect(runCli(["lora", "export", "-q", path.join(work, "export"), back, "--to", "native"]).code).toBe(0);
+    expect(runCli(["lora", "export", "-q", path.join(work, "export"), back, "--to", "native"]).stderr).toMatch(/give the base model \(--base RELEASE\)/);
+    expect(runCli(["lora", "export", "-q", path.join(work, "export"), back, "--to", "native", "--base", base]).code).toBe(0);
     expect(fs.readFileSync(path.join(back, "adapter_model.safetensors")).equals(fs.readFileSync(path.join(adapter, "adapter_model.safetensors")))).toBe(true);
     const native = runCli(["lora", "merge", "--json", "--to", "native", base, path.join(work, "export"), path.join(work, "merged-native")]);
     expect(native.code).toBe(0);
