@@ -2,7 +2,7 @@ import * as fs from "node:fs";
 import { Command, CommanderError } from "commander";
 import { EXIT_INPUT, EXIT_INTERNAL, OmniCkptError, exitCodeOf } from "../errors.js";
 import { abortOutputs } from "../node/output-folder.js";
-import { registerConsolidate } from "./commands/consolidate.js";
+import { bareParts, registerConsolidate } from "./commands/consolidate.js";
 import { registerConvert } from "./commands/convert.js";
 import { registerDiff } from "./commands/diff.js";
 import { registerInspect } from "./commands/inspect.js";
@@ -39,7 +39,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   for (const register of [registerConvert, registerInspect, registerVerify, registerDiff, registerSynth, registerLora, registerSynthSave, registerConsolidate]) register(program);
   for (const c of program.commands) c.exitOverride().option("--debug", "print stack traces with errors");
   try {
-    await program.parseAsync(argv, { from: "user" });
+    await program.parseAsync(bareParts(argv), { from: "user" });
     return typeof process.exitCode === "number" ? process.exitCode : 0;
   } catch (e) {
     if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : EXIT_INPUT;

@@ -50,12 +50,15 @@ function where(p: SavedPiece): string {
 
 /** Whether the config ties the output embedding to the input one (top level or the language model's). */
 function tiedEmbeddings(values: Record<string, unknown>): boolean {
-  if (values["tie_word_embeddings"] === true) return true;
+  // The language model's own config governs: an Omni config's top level may carry transformers' default
+  // (true) for a language model that is not tied, and an lm_head left out on its word would be lost.
+  let llm: boolean | undefined;
   try {
-    return parseModelConfig(values).llm.tieWordEmbeddings === true;
+    llm = parseModelConfig(values).llm.tieWordEmbeddings;
   } catch {
-    return false;
+    llm = undefined;
   }
+  return llm ?? values["tie_word_embeddings"] === true;
 }
 
 const LM_HEAD = /^(?:language_model\.)?lm_head\.weight$/;
@@ -100,11 +103,12 @@ export function assemble(save: ShardedSave): Assembly {
     else problems.push({ file: mappingFile, tensor: name, detail: `is listed for output file ${index}, but no rank file holds a piece of it` });
   }
   // File names do not carry the world size: a lost last rank file shows only as tensors that come out
-  // short. Say so first, naming the file that would come next.
+  // short. Say so first, naming the file that would come next, unless a rank file that is there is at
+  // fault already (unreadable, or its pieces unplaceable): then that comes first, and this after it.
   const last = save.ranks[save.ranks.length - 1];
   if (shorts.length > 0 && last && last.number === save.ranks.length) {
     const s = shorts[0]!;
-    problems.unshift({
+    problems[save.problems.length === 0 ? "unshift" : "push"]({
       file: save.describe(rankFileName(last.number + 1)),
       detail:
         `may be missing: ${shorts.length} tensor${shorts.length === 1 ? "" : "s"} whose shape the config gives come out short ` +

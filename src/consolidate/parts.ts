@@ -39,6 +39,7 @@ export function assignFiles(files: readonly OutputFile[], count: number): string
 }
 
 const encoder = new TextEncoder();
+const baseName = (rel: string): string => rel.slice(rel.lastIndexOf("/") + 1);
 
 /**
  * Feed a run's identity to `hasher`: the format of the run, N, the options, every rank file's name, size
@@ -54,7 +55,8 @@ export async function fingerprintRun(plan: ConsolidationPlan, count: number, opt
   for (const r of plan.save.ranks) {
     const head = new Uint8Array(r.file.header.dataStart);
     await r.file.source.read(head, 0, signal);
-    text(`rank ${r.number} ${r.rel} ${r.file.source.size} ${head.byteLength}`);
+    // The file's name inside model/, not its path from SRC: SRC may be named as model/ or the folder above it.
+    text(`rank ${r.number} ${baseName(r.rel)} ${r.file.source.size} ${head.byteLength}`);
     hasher.update(head);
   }
   const { fileIndex, dtypes, config } = plan.save.metadata;

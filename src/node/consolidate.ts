@@ -168,7 +168,7 @@ export async function convertSavedCheckpoint(req: ConvertRequest, started: numbe
 function modificationTimes(opened: OpenedSave): string[] {
   return opened.save.ranks.map((r) => {
     const st = fs.statSync(path.join(opened.srcDir, ...r.rel.split("/")), { bigint: true });
-    return `${r.rel} ${st.size} ${st.mtimeNs}`;
+    return `${path.posix.basename(r.rel)} ${st.size} ${st.mtimeNs}`;
   });
 }
 

@@ -243,7 +243,17 @@ export class OutputFolder {
  */
 export function placeDestination(dst: string, options: Pick<PrepareOptions, "source" | "allowedInside" | "force">): string {
   const target = realish(dst);
-  const allowed = options.allowedInside !== undefined && target === realish(options.allowedInside);
+  // The one place inside a source a DST may be, compared by its folder and name: a link by that name
+  // (`model/consolidated` → `.hf_metadata`) leads somewhere else in the source, and is not that place.
+  const named = (p: string): string => path.join(realish(path.dirname(path.resolve(p))), path.basename(p));
+  const isLink = (p: string): boolean => {
+    try {
+      return fs.lstatSync(p).isSymbolicLink();
+    } catch {
+      return false;
+    }
+  };
+  const allowed = options.allowedInside !== undefined && named(dst) === named(options.allowedInside) && !isLink(named(dst));
   for (const source of options.source === undefined ? [] : typeof options.source === "string" ? [options.source] : options.source) {
     const src = realish(source);
     if (within(target, src) && !allowed) {

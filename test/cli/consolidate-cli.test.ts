@@ -102,6 +102,18 @@ describe("where SRC and DST may be", () => {
     expect(s.stderr).toBe(`omni-ckpt: error: destination ${path.join(model, "consolidated", "x")} is inside the source folder; choose another\n`);
   });
 
+  it("a model/consolidated that is a link into SRC is not that place, even with --force", () => {
+    const linked = path.join(work, "epoch_0_step_11");
+    fs.cpSync(ckpt, linked, { recursive: true });
+    fs.rmSync(path.join(linked, "model", "consolidated"), { recursive: true, force: true });
+    fs.symlinkSync(".hf_metadata", path.join(linked, "model", "consolidated"));
+    const before = snapshot(linked);
+    const r = runCli(["consolidate", "--force", linked, path.join(linked, "model", "consolidated")]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toBe(`omni-ckpt: error: destination ${path.join(linked, "model", "consolidated")} is inside the source folder; choose another\n`);
+    expect(snapshot(linked)).toEqual(before);
+  });
+
   it("a folder that is no sharded save is named as such", () => {
     const r = runCli(["consolidate", expected, path.join(work, "nothing")]);
     expect(r.code).toBe(2);
@@ -237,5 +249,15 @@ describe("many processes (--part K/N)", () => {
     expect(a.code).toBe(0);
     expect(a.stderr).toBe("omni-ckpt: part 2/2 (RANK=1, WORLD_SIZE=2 from the launcher; --parts 1 runs a single process)\n");
     expect(a.stdout).toMatch(/^part 2\/2: wrote \d+ of \d+ output files in .*; waiting for part 1 /);
+  });
+
+  it("--parts with no number before SRC and DST (as in srun … consolidate --parts SRC DST)", () => {
+    const dst = path.join(work, "parts-bare");
+    const a = runCli(["consolidate", "--parts", src, dst], { env: { SLURM_PROCID: "0", SLURM_NTASKS: "2" } });
+    expect(a.stderr).toBe("omni-ckpt: part 1/2 (SLURM_PROCID=0, SLURM_NTASKS=2 from the launcher; --parts 1 runs a single process)\n");
+    expect(a.code).toBe(0);
+    const b = runCli(["consolidate", "-q", "--parts", src, dst], { env: { SLURM_PROCID: "1", SLURM_NTASKS: "2" } });
+    expect(b.code).toBe(0);
+    expect(fs.readdirSync(dst).sort()).toEqual(fs.readdirSync(single).sort());
   });
 });

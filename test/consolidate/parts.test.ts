@@ -2,7 +2,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { resolvePart } from "../../src/cli/commands/consolidate.js";
+import { bareParts, resolvePart } from "../../src/cli/commands/consolidate.js";
 import { type ConsolidateRequest, consolidateCheckpoint } from "../../src/node/consolidate.js";
 import { synthesize } from "../../src/node/synth.js";
 import { synthesizeSave } from "../../src/node/synth-save.js";
@@ -49,6 +49,16 @@ describe("a split run", () => {
     expect(beside(dst)).toEqual([]);
     // A part of a run already committed finds DST there.
     await expect(run(dst, { part: { index: 1, count: 3 } })).rejects.toThrow(`${dst} already exists and is not empty; pass --force to replace it`);
+  });
+
+  it("is the same run whether SRC is named as the checkpoint folder or as its model/ folder", async () => {
+    const dst = path.join(work, "spelled");
+    const checkpoint = path.join(work, "epoch_0_step_5");
+    fs.mkdirSync(checkpoint);
+    fs.cpSync(src, path.join(checkpoint, "model"), { recursive: true });
+    expect((await consolidateCheckpoint({ src: checkpoint, dst, part: { index: 1, count: 2 } })).committed).toBe(false);
+    expect((await consolidateCheckpoint({ src: path.join(checkpoint, "model"), dst, part: { index: 2, count: 2 } })).committed).toBe(true);
+    expect(filesIn(dst)).toEqual(filesIn(single));
   });
 
   it("a part run again after it was done writes nothing", async () => {
@@ -149,6 +159,14 @@ describe("which part this process is", () => {
     [{ parts: "1" }, { RANK: "3", WORLD_SIZE: "4" }, {}],
   ])("flags %j, environment %j", (flags, env, out) => {
     expect(resolvePart(flags, env)).toEqual(out);
+  });
+
+  it("leaves a word after a bare --parts to be an argument", () => {
+    expect(bareParts(["consolidate", "--parts", "ckpt", "out"])).toEqual(["consolidate", "--parts=", "ckpt", "out"]);
+    expect(bareParts(["consolidate", "--parts", "4", "ckpt", "out"])).toEqual(["consolidate", "--parts", "4", "ckpt", "out"]);
+    expect(bareParts(["consolidate", "ckpt", "out", "--parts"])).toEqual(["consolidate", "ckpt", "out", "--parts"]);
+    expect(bareParts(["consolidate", "--parts", "--", "ckpt", "out"])).toEqual(["consolidate", "--parts", "--", "ckpt", "out"]);
+    expect(resolvePart({ parts: "" }, { RANK: "1", WORLD_SIZE: "2" })).toEqual({ part: { index: 2, count: 2 }, from: "RANK=1, WORLD_SIZE=2" });
   });
 
   it.each([

@@ -67,6 +67,13 @@ describe("rank files", () => {
     );
   });
 
+  it("a rank file that is there but unreadable comes first, before the guess that the last one is lost", async () => {
+    const p = await problems((f) => f.set(RANK(3), f.get(RANK(3))!.subarray(0, 6)));
+    expect(p[0]).toMatch(new RegExp(`^${M}/${RANK(3).replace(/\./g, "\\.")}: `));
+    expect(p[0]).not.toContain("may be missing");
+    expect(p.findIndex((l) => l.includes(": may be missing: "))).not.toBe(0);
+  });
+
   it.each([
     ["numbered 0", "shard-00000-model-00001-of-00001.safetensors", `${M}/shard-00000-model-00001-of-00001.safetensors: is numbered 0, but rank files are numbered from 1 (rank + 1)`],
     ["another .safetensors file", "model.safetensors", `${M}/model.safetensors: is not a rank file of a sharded save (shard-NNNNN-model-00001-of-00001.safetensors), and a consolidator would read it as one`],
@@ -214,8 +221,13 @@ describe("a tied lm_head", () => {
   it("may be absent when the config ties it to the embeddings; otherwise it is missing", async () => {
     const hf = await memoryHf({ preset: "tiny" });
     const files = await memorySave(hf, { world: 2, omit: (n) => n === lmHead });
-    expect(await problemsOf(files)).toEqual([`${META}/${FILE_INDEX_MAPPING}: tensor "${lmHead}": is listed for output file 1, but no rank file holds a piece of it`]);
-    setMetadata(files, "config.json", metadataText(files, "config.json").replace('"tie_word_embeddings": false', '"tie_word_embeddings": true'));
+    const missing = [`${META}/${FILE_INDEX_MAPPING}: tensor "${lmHead}": is listed for output file 1, but no rank file holds a piece of it`];
+    expect(await problemsOf(files)).toEqual(missing);
+    // The language model's own false governs, whatever the Omni config's top level says.
+    const untied = metadataText(files, "config.json");
+    setMetadata(files, "config.json", untied.replace("{", '{\n  "tie_word_embeddings": true,'));
+    expect(await problemsOf(files)).toEqual(missing);
+    setMetadata(files, "config.json", untied.replace('"tie_word_embeddings": false', '"tie_word_embeddings": true'));
     const { out, plan } = await consolidateFiles(files);
     expect(plan.assembly.dropped).toEqual([lmHead]);
     const index = JSON.parse(new TextDecoder().decode(out.get("model.safetensors.index.json"))) as { weight_map: Record<string, string> };

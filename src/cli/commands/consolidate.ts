@@ -51,7 +51,7 @@ export function resolvePart(flags: Pick<ConsolidateFlags, "part" | "parts">, env
     if (!m) throw new UsageError(`--part must be K/N (e.g. --part 2/4), got ${JSON.stringify(flags.part)}`);
     return { part: { index: Number(m[1]), count: Number(m[2]) } };
   }
-  const given = typeof flags.parts === "string" ? intFlag(flags.parts, "--parts") : undefined;
+  const given = typeof flags.parts === "string" && flags.parts !== "" ? intFlag(flags.parts, "--parts") : undefined;
   const count = given !== undefined ? { name: "--parts", value: given } : first(env, COUNT_VARS);
   const index = first(env, INDEX_VARS);
   if (flags.parts === undefined && (count === undefined || index === undefined || count.value <= 1)) return {};
@@ -73,6 +73,14 @@ function partLine(s: ConsolidateSummary): string {
   const p = s.part!;
   const mine = s.files.filter((f) => f.endsWith(".safetensors")).length;
   return `part ${p.index}/${p.count}: wrote ${mine} of ${s.outputFiles} output file${s.outputFiles === 1 ? "" : "s"} in ${formatSeconds(s.seconds)}`;
+}
+
+/**
+ * `--parts` takes an optional N, and commander would take the next word for it: `--parts SRC DST` would
+ * lose SRC. A word after it that is no number is left to be an argument (as if `--parts=` were given).
+ */
+export function bareParts(argv: readonly string[]): string[] {
+  return argv.map((a, i) => (a === "--parts" && i + 1 < argv.length && !/^\d+$/.test(argv[i + 1]!) && !argv[i + 1]!.startsWith("-") ? "--parts=" : a));
 }
 
 export function registerConsolidate(program: Command): void {
