@@ -262,14 +262,53 @@ export function placeDestination(dst: string, options: Pick<PrepareOptions, "sou
     if (options.force && within(src, target)) {
       throw new UsageError(`--force would replace ${dst}, which contains the source ${source}`);
     }
+    // A source's files may live elsewhere (a cache snapshot's links into blobs/, --follow-symlinks):
+    // replacing the folder that holds them would destroy the source as surely as replacing it.
+    if (options.force) {
+      const held = linkedFrom(src).find((real) => within(real, target));
+      if (held !== undefined) throw new UsageError(`--force would replace ${dst}, which holds ${held}, a file of the source ${source}`);
+    }
   }
   const parent = path.dirname(target);
   try {
     fs.mkdirSync(parent, { recursive: true });
   } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    // A file where a folder must be is the user's path, not a failing disk.
+    if (code === "EEXIST" || code === "ENOTDIR") throw new InputError(`${parent}: cannot create the destination's parent folder: ${describeIoError(e)}`);
     throw new WriteError(`${parent}: cannot create the destination's parent folder: ${describeIoError(e)}`);
   }
   return target;
+}
+
+/** How many entries of a source folder are looked at for links; a checkpoint folder holds a few dozen. */
+const LINK_SCAN_LIMIT = 10_000;
+
+/** Where the symlinks in a source folder (and its subfolders) really lead: files and folders it reads. */
+function linkedFrom(dir: string): string[] {
+  const out: string[] = [];
+  let seen = 0;
+  const walk = (at: string): void => {
+    let entries: fs.Dirent[];
+    try {
+      entries = fs.readdirSync(at, { withFileTypes: true });
+    } catch {
+      return;
+    }
+    for (const e of entries) {
+      if (++seen > LINK_SCAN_LIMIT) return;
+      const full = path.join(at, e.name);
+      if (e.isSymbolicLink()) {
+        try {
+          out.push(fs.realpathSync(full));
+        } catch {
+          // A broken link leads nowhere a DST could hold.
+        }
+      } else if (e.isDirectory()) walk(full);
+    }
+  };
+  walk(dir);
+  return out;
 }
 
 /**

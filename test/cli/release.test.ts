@@ -169,6 +169,25 @@ describe("the Hugging Face cache", () => {
     expect(fs.existsSync(path.join(work, "escape-out"))).toBe(false);
   });
 
+  it("--force never replaces the folder a snapshot's files really are in (the repo's blobs)", () => {
+    const blobs = path.join(cache, "models--nvidia--Tiny-Omni", "blobs");
+    const before = snapshot(blobs);
+    const r = runCli(["convert", "--to", "native", "--force", snapshotDir, blobs]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(new RegExp(`^omni-ckpt: error: --force would replace ${blobs.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}, which holds .*, a file of the source ${snapshotDir.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}\n$`));
+    expect(snapshot(blobs)).toEqual(before);
+    // Nor with --follow-symlinks, a folder that a plain checkpoint's links lead into.
+    const store = path.join(work, "store");
+    const linked = path.join(work, "linked");
+    fs.cpSync(hf, store, { recursive: true });
+    fs.mkdirSync(linked);
+    for (const f of fs.readdirSync(store)) fs.symlinkSync(path.join(store, f), path.join(linked, f));
+    const s = runCli(["convert", "--to", "native", "--force", "--follow-symlinks", linked, store]);
+    expect(s.code).toBe(2);
+    expect(s.stderr).toContain(`--force would replace ${store}, which holds `);
+    expect(fs.readdirSync(store).sort()).toEqual(fs.readdirSync(hf).sort());
+  });
+
   it("a repo whose blobs folder is itself a link (moved to another disk) is read as its own blobs", () => {
     const repo = path.join(work, "hub-moved", "models--x--moved");
     const snap = path.join(repo, "snapshots", COMMIT);
