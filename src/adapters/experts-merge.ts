@@ -44,8 +44,6 @@ export function validateExpertAvailability(
   display: (key: string) => string,
 ): void {
   const [start, end] = expertRange(rules.nExperts, ep);
-  const required: number[] = [];
-  for (let e = start; e < end; e++) required.push(e);
 
   let detected: string | undefined;
   for (const key of dict.keys()) {
@@ -54,7 +52,9 @@ export function validateExpertAvailability(
   }
   const prefixes = new Set(VALIDATE_PREFIXES);
   if (detected) prefixes.add(detected);
+  const projections: ExpertProj[] = rules.gated ? ["gate_proj", "up_proj", "down_proj"] : ["up_proj", "down_proj"];
   const layers = new Map<number, Set<string>>();
+  let present = 0;
   for (const key of dict.keys()) {
     const k = parseExpertKey(key);
     // Like the reference's pattern, which does not anchor the end: `….weight` followed by anything counts.
@@ -63,30 +63,36 @@ export function validateExpertAvailability(
     const set = layers.get(layer) ?? new Set<string>();
     set.add(k.prefix);
     layers.set(layer, set);
+    if (k.expert >= start && k.expert < end && projections.includes(k.proj) && key === expertWeightKey(k.prefix, k.layer, k.expert, k.proj)) present++;
   }
   if (layers.size === 0) return;
 
-  const projections: ExpertProj[] = rules.gated ? ["gate_proj", "up_proj", "down_proj"] : ["up_proj", "down_proj"];
+  // Counted, not listed: a config may claim any number of experts, and the list would be that long.
+  let combos = 0;
+  for (const p of layers.values()) combos += p.size;
+  const total = (end - start) * combos * projections.length;
+  const missingCount = total - present;
+  if (missingCount <= 0) return;
   const missing: string[] = [];
-  for (const [layer, layerPrefixes] of layers) {
+  // The first few, in the reference's order; each layer's present experts come before its first gap.
+  search: for (const [layer, layerPrefixes] of layers) {
     for (const prefix of layerPrefixes) {
-      for (const e of required) {
+      for (let e = start; e < end; e++) {
         for (const proj of projections) {
           const key = expertWeightKey(prefix, String(layer), e, proj);
           if (!dict.has(key)) missing.push(display(key));
+          if (missing.length === 5) break search;
         }
+        if (missing.length > 0 && e - start > dict.size) break;
       }
     }
   }
-  if (missing.length > 0) {
-    const total = required.length * layers.size * projections.length;
-    const rankInfo = ep ? ` (rank ${ep.rank} of ${ep.size}, experts ${start}–${end - 1})` : "";
-    throw new ConversionError(
-      `expert weights missing from checkpoint${rankInfo}: ${missing.length}/${total} required weights not found ` +
-        `in MoE layers [${[...layers.keys()].sort((a, b) => a - b).join(", ")}]; first missing: ${missing.slice(0, 5).join(", ")}` +
-        (missing.length > 5 ? ` (and ${missing.length - 5} more)` : ""),
-    );
-  }
+  const rankInfo = ep ? ` (rank ${ep.rank} of ${ep.size}, experts ${start}–${end - 1})` : "";
+  throw new ConversionError(
+    `expert weights missing from checkpoint${rankInfo}: ${missingCount}/${total} required weights not found ` +
+      `in MoE layers [${[...layers.keys()].sort((a, b) => a - b).join(", ")}]; first missing: ${missing.join(", ")}` +
+      (missingCount > 5 ? ` (and ${missingCount - 5} more)` : ""),
+  );
 }
 
 /**

@@ -448,6 +448,15 @@ const folderCases = inGroup("folder", [
     otherwise: DIFF_IGNORES_CONFIG,
   },
   {
+    // Counted, never listed: a config may claim any number, and a list that long would not fit in memory.
+    name: "config.json n_routed_experts absurdly large",
+    build: (dir) => editConfig(dir, (llm) => void (llm["n_routed_experts"] = 1_000_000_000_000)),
+    error: (dir) =>
+      `${esc(dir)}: expert weights missing from checkpoint: 3999999999984/4000000000000 required weights not found in MoE layers \\[1, 4\\]; ` +
+      `first missing: ${esc(expertKey(1, 4, "up_proj"))}, ${esc(expertKey(1, 4, "down_proj"))}, ${esc(expertKey(1, 5, "up_proj"))}, ${esc(expertKey(1, 5, "down_proj"))}, ${esc(expertKey(1, 6, "up_proj"))} \\(and 3999999999979 more\\)`,
+    otherwise: DIFF_IGNORES_CONFIG,
+  },
+  {
     name: "config.json moe_intermediate_size wrong",
     build: (dir) => editConfig(dir, (llm) => void (llm["moe_intermediate_size"] = 8)),
     error: (dir) =>
