@@ -1,7 +1,16 @@
 import { expertKeyLayout, parseExpertKey } from "../adapters/expert-keys.js";
-import { InputError } from "../errors.js";
+import { InputError, UsageError } from "../errors.js";
 
 export type Layout = "hf" | "native";
+
+/**
+ * A layout a caller named (a library call's `to`): TypeScript checks it, JavaScript does not, and any
+ * other word would otherwise be read as one of the two.
+ */
+export function checkLayoutName(value: unknown, what = "to"): Layout {
+  if (value === "hf" || value === "native") return value;
+  throw new UsageError(`${what} must be "native" or "hf", got ${value === undefined ? "nothing" : JSON.stringify(value)}`);
+}
 
 /**
  * Names only one layout uses; a checkpoint's layout is the one whose markers it carries. Expert keys are

@@ -15,7 +15,7 @@ import { HF_QUANT_CONFIG, dequantizedHeaders, quantConfigEdits, quantizedError, 
 import { type DType, isFloat } from "../tensor/dtype.js";
 import { type TensorInfo, byteLength } from "../tensor/tensor.js";
 import { checkConsistency, requireConsistent } from "./consistency.js";
-import { type Layout, layoutName, requireLayout } from "./layout.js";
+import { type Layout, checkLayoutName, layoutName, requireLayout } from "./layout.js";
 
 export interface ConvertOptions {
   readonly to: Layout;
@@ -176,6 +176,7 @@ function resolveQuantization(input: PlanInput, configFile: ConfigFile, dequantiz
  * each output tensor's recipe, in write order. Reads no tensor data.
  */
 export function planConversion(input: PlanInput, configFile: ConfigFile, options: ConvertOptions): ConversionPlan {
+  checkLayoutName(options.to);
   const { where } = input;
   const { headers, quant } = resolveQuantization(input, configFile, options.dequantize === true);
   const source = requireLayout(headers.keys(), where);

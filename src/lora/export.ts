@@ -2,7 +2,7 @@ import { type LoraHalf, expertModuleKey, expertsBase, groupedLoraKey } from "../
 import { perExpertLoraToFused } from "../adapters/experts-lora.js";
 import { stackTransposed } from "../adapters/experts.js";
 import { type PlannedTensor, inputTensor, renamed } from "../adapters/plan.js";
-import type { Layout } from "../convert/layout.js";
+import { type Layout, checkLayoutName } from "../convert/layout.js";
 import { ConversionError, InputError, UsageError } from "../errors.js";
 import { referenceOrder } from "../safetensors/encode.js";
 import type { JsonObject, JsonValue } from "../safetensors/json.js";
@@ -53,7 +53,10 @@ const halves: readonly [LoraHalf, "a" | "b"][] = [
 
 /** Plan an export from an adapter read by `readLora`. */
 export function planExport(set: LoraSet, options: ExportOptions = {}): ExportPlan {
-  const to = options.to ?? "hf";
+  const to = checkLayoutName(options.to ?? "hf");
+  if (options.experts !== undefined && !EXPERT_EXPORTS.includes(options.experts)) {
+    throw new UsageError(`experts must be ${EXPERT_EXPORTS.map((e) => JSON.stringify(e)).join(", ")}, got ${JSON.stringify(options.experts)}`);
+  }
   if (to === "native" && options.experts !== undefined) throw new UsageError("--experts applies only to an export to HF (--to hf)");
   const from = set.source === "automodel" ? "native" : "hf";
   if (from === to) {

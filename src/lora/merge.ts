@@ -4,7 +4,7 @@ import { type AuxFiles, copyAuxFiles, listAuxFiles } from "../convert/aux-files.
 import { BufferPool } from "../convert/buffer-pool.js";
 import { checkpointSource, prefixedUnion } from "../convert/checkpoint-source.js";
 import { checkShardSize } from "../convert/convert.js";
-import type { Layout } from "../convert/layout.js";
+import { type Layout, checkLayoutName } from "../convert/layout.js";
 import { loadPlanInput, planConversion, routingBiasInF32 } from "../convert/planner.js";
 import { streamTensors } from "../convert/stream.js";
 import { ConversionError, InputError } from "../errors.js";
@@ -144,7 +144,7 @@ export async function prepareMerge(base: Checkpoint, adapter: AdapterFolder, opt
   const input = await loadPlanInput(base, signal);
   const model = baseModel(base, config, input.hfQuantConfig);
   const set = readLora(adapter, model);
-  const to = options.to ?? "hf";
+  const to = checkLayoutName(options.to ?? "hf");
   const warnings = [...set.warnings];
 
   let tensors: PlannedTensor[];

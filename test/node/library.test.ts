@@ -4,7 +4,9 @@ import { afterAll, describe, expect, it } from "vitest";
 import { convertCheckpoint } from "../../src/node/convert.js";
 import { readFailure } from "../../src/node/file-source.js";
 import { synthesize } from "../../src/node/synth.js";
-import { AbortError, EXIT_INPUT, EXIT_INTERNAL, FormatError, ReadError, WriteError, exitCodeOf } from "../../src/errors.js";
+import { AbortError, EXIT_INPUT, EXIT_INTERNAL, FormatError, ReadError, UsageError, WriteError, exitCodeOf } from "../../src/errors.js";
+import { exportLoraAdapter, mergeLoraAdapter } from "../../src/node/lora.js";
+import { loraDir } from "../helpers/fixtures.js";
 import { tempDir } from "../helpers/cli.js";
 
 /**
@@ -56,6 +58,30 @@ describe("the library as a guest in its host's process", () => {
     await expect(convertCheckpoint({ src: path.join(work, "hf"), dst, to: "native", faults: { writeErrorAfter: 1000 } })).rejects.toThrow(WriteError);
     expect(fs.existsSync(dst)).toBe(false);
     expect(fs.readdirSync(work).filter((n) => n.startsWith(".full"))).toEqual([]);
+  });
+});
+
+describe("options JavaScript callers may misspell", () => {
+  it("a layout or expert form that is not one refuses, and nothing is written", async () => {
+    const src = path.join(work, "hf");
+    const native = path.join(work, "native");
+    for (const to of ["Native", "xx", undefined]) {
+      const dst = path.join(work, `to-${String(to)}`);
+      await expect(convertCheckpoint({ src, dst, to: to as never })).rejects.toThrow(
+        new UsageError(`to must be "native" or "hf", got ${to === undefined ? "nothing" : JSON.stringify(to)}`),
+      );
+      expect(fs.existsSync(dst)).toBe(false);
+    }
+    // A LoRA adapter's export and merge the same way.
+    const adapter = path.join(loraDir, "tiny-experts-rank2", "adapter");
+    const base = path.join(loraDir, "tiny-experts-rank2", "base");
+    await expect(exportLoraAdapter({ adapter, dst: path.join(work, "e1"), experts: "FUSED" as never })).rejects.toThrow(
+      new UsageError('experts must be "per-expert", "fused", "drop", got "FUSED"'),
+    );
+    await expect(exportLoraAdapter({ adapter, dst: path.join(work, "e2"), to: "zz" as never })).rejects.toThrow(new UsageError('to must be "native" or "hf", got "zz"'));
+    await expect(mergeLoraAdapter({ base, adapter, dst: path.join(work, "m1"), to: "zz" as never })).rejects.toThrow(new UsageError('to must be "native" or "hf", got "zz"'));
+    for (const d of ["e1", "e2", "m1"]) expect(fs.existsSync(path.join(work, d))).toBe(false);
+    expect(fs.existsSync(native)).toBe(true);
   });
 });
 
