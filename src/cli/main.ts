@@ -10,6 +10,7 @@ import { registerLora } from "./commands/lora.js";
 import { registerSynth } from "./commands/synth.js";
 import { registerSynthSave } from "./commands/synth-save.js";
 import { registerVerify } from "./commands/verify.js";
+import { stopAllProgress } from "./progress.js";
 
 const version = (JSON.parse(fs.readFileSync(new URL("../../../package.json", import.meta.url), "utf8")) as { version: string }).version;
 
@@ -34,10 +35,14 @@ export async function main(argv: readonly string[]): Promise<number> {
     .version(version)
     .option("--debug", "print stack traces with errors")
     .showHelpAfterError(false)
+    // An error is one line: no "(Did you mean …?)" line after it.
+    .showSuggestionAfterError(false)
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s.startsWith("error:") ? `omni-ckpt: ${s}` : s) });
   for (const register of [registerConvert, registerInspect, registerVerify, registerDiff, registerSynth, registerLora, registerSynthSave, registerConsolidate]) register(program);
+  const everyCommand = (c: Command): Command[] => [c, ...c.commands.flatMap(everyCommand)];
   for (const c of program.commands) c.exitOverride().option("--debug", "print stack traces with errors");
+  for (const c of program.commands.flatMap(everyCommand)) c.showSuggestionAfterError(false);
   try {
     await program.parseAsync(bareParts(argv), { from: "user" });
     return typeof process.exitCode === "number" ? process.exitCode : 0;
@@ -54,6 +59,8 @@ export async function main(argv: readonly string[]): Promise<number> {
  */
 function installSignalHandlers(): void {
   const onSignal = (signal: NodeJS.Signals, code: number): void => {
+    // The bar hid the cursor and turned line wrapping off: give the terminal back first.
+    stopAllProgress();
     if (abortOutputs() > 0) process.stderr.write(`omni-ckpt: interrupted by ${signal}; the partial output was removed\n`);
     process.exit(code);
   };
@@ -70,6 +77,11 @@ installSignalHandlers();
 process.stdout.on("error", (e: NodeJS.ErrnoException) => {
   if (e.code === "EPIPE") process.exit(typeof process.exitCode === "number" ? process.exitCode : 0);
   process.exit(report(e, process.argv.includes("--debug")));
+});
+
+// A closed stderr (`… 2>&1 | head -1`) must not turn a refusal's exit code into an I/O failure's.
+process.stderr.on("error", (e: NodeJS.ErrnoException) => {
+  if (e.code !== "EPIPE") throw e;
 });
 
 main(process.argv.slice(2)).then(

@@ -2,6 +2,14 @@ import type cliProgress from "cli-progress";
 import { createRequire } from "node:module";
 import { formatBytes, formatCount, formatRate } from "./format.js";
 
+/** Bars on the terminal now, so an interrupt can give the terminal back its cursor and its line. */
+const showing = new Set<Progress>();
+
+/** Stop every bar showing (an interrupt's last words then start on a line of their own). */
+export function stopAllProgress(): void {
+  for (const p of [...showing]) p.stop();
+}
+
 /**
  * A progress bar on stderr when it is a terminal: bytes and tensors done, rate and ETA. When output is
  * piped (or --quiet/--json) it does nothing at all.
@@ -33,6 +41,7 @@ export class Progress {
       bars.Presets.shades_classic,
     );
     this.bar.start(Math.max(totalBytes, 1), 0, this.payload(0, 0));
+    showing.add(this);
   }
 
   private payload(bytes: number, tensors: number): Record<string, string> {
@@ -51,5 +60,6 @@ export class Progress {
   stop(): void {
     this.bar?.stop();
     this.bar = undefined;
+    showing.delete(this);
   }
 }

@@ -225,11 +225,17 @@ describe("convert: refusals leave everything as it was", () => {
     [["--to", "native", "--exclude", "x"], /--exclude applies only to --to hf/],
     [["--to", "native", "--max-shard-size", "lots"], /invalid size "lots"/],
     [["--to", "native", "--bogus"], /unknown option '--bogus'/],
+    // Near a real option: still one line, no "(Did you mean --force?)".
+    [["--to", "native", "--forc"], /unknown option '--forc'$/],
   ])("usage error %j exits 2 with one line", (args, pattern) => {
     const src = args.includes("--exclude") && args.includes("hf") ? native : hf;
     const dst = path.join(work, "never");
     expectCleanError(runCli(["convert", ...args, src, dst]), 2, pattern);
     expect(fs.existsSync(dst)).toBe(false);
+  });
+
+  it.each([[["invert", "a", "b"]], [["lora", "merg", "a", "b", "c"]], [["inspect", "--jsn", "a"]]])("a mistyped command or option %j is one line", (args) => {
+    expectCleanError(runCli(args), 2, /^omni-ckpt: error: unknown (command|option) '[^']+'$/);
   });
 
   it("--debug adds the stack trace", () => {
@@ -255,6 +261,13 @@ describe("output into a pipe", () => {
     expect(runCli(["synth", other, "--preset", "tiny", "--seed", "9"]).code).toBe(0);
     expect(await closedPipe(["inspect", hf])).toEqual({ code: 0, stderr: "" });
     expect(await closedPipe(["diff", hf, other])).toEqual({ code: 3, stderr: "" });
+  });
+
+  it("a closed stderr leaves a refusal's exit code as it is", async () => {
+    const child = startCli(["inspect", path.join(work, "no-such-checkpoint")]);
+    child.stderr.destroy();
+    const code = await new Promise<number | null>((resolve) => child.on("close", (c) => resolve(c)));
+    expect(code).toBe(2);
   });
 });
 
