@@ -387,12 +387,20 @@ export interface SynthPlan {
   readonly seed: number;
 }
 
+/** Layers synth lays out at most (`--scale` × the preset's): ~200 times the real model's 52. */
+const MAX_SYNTH_LAYERS = 10_000;
+
 /** Validate synth's options and lay the checkpoint out. */
 export function planSynth(options: SynthOptions): SynthPlan {
   const preset = PRESETS[options.preset ?? "tiny"];
   if (!preset) throw new UsageError(`unknown preset ${JSON.stringify(options.preset)}: use ${Object.keys(PRESETS).join(", ")}`);
   const scale = options.scale ?? 1;
   if (!Number.isSafeInteger(scale) || scale < 1) throw new UsageError(`--scale must be a positive integer, got ${scale}`);
+  // Every layer is a dozen or more tensors in the headers and the index, which are held as text.
+  const layers = preset.llm.pattern.length * scale;
+  if (layers > MAX_SYNTH_LAYERS) {
+    throw new UsageError(`--scale ${scale} would give the ${options.preset ?? "tiny"} preset ${layers} language-model layers; at most ${MAX_SYNTH_LAYERS} are synthesized`);
+  }
   const seed = options.seed ?? 0;
   if (!Number.isSafeInteger(seed)) throw new UsageError(`--seed must be an integer, got ${seed}`);
   const dtype = options.dtype ?? "BF16";

@@ -15,4 +15,13 @@ describe("synthesize", () => {
     await expect(synthesize(dir, { dtype: "F16" } as unknown as SynthOptions)).rejects.toThrow(new UsageError('dtype must be BF16 or F32, got "F16"'));
     expect(fs.existsSync(dir)).toBe(false);
   });
+
+  it("refuses a --scale whose layers would not fit in headers held as text, as a usage error", async () => {
+    const dir = path.join(work, "huge");
+    await expect(synthesize(dir, { preset: "tiny", scale: 100_000_000_000 })).rejects.toThrow(
+      new UsageError("--scale 100000000000 would give the tiny preset 500000000000 language-model layers; at most 10000 are synthesized"),
+    );
+    await expect(synthesize(dir, { preset: "tiny", scale: 0 })).rejects.toThrow(new UsageError("--scale must be a positive integer, got 0"));
+    expect(fs.existsSync(dir)).toBe(false);
+  });
 });
