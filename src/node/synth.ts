@@ -2,7 +2,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { INDEX_FILE, indexJson } from "../safetensors/shard-plan.js";
 import { encodeHeader } from "../safetensors/encode.js";
-import { type SynthOptions, type SynthPlan, type SynthSummary, planSynth, synthOtherFiles, synthSummary, writeSynth } from "../synth/layout.js";
+import { type SynthOptions, type SynthPlan, type SynthProgress, type SynthSummary, planSynth, synthOtherFiles, synthSummary, writeSynth } from "../synth/layout.js";
 import type { SynthQuant } from "../synth/quant-kinds.js";
 import { quantSynthOtherFiles, quantizeSynthPlan, writeQuantSynth } from "../synth/quantize.js";
 import { LocalOutput, writeFileDurably } from "./local-output.js";
@@ -18,6 +18,8 @@ export interface SynthRequest extends SynthOptions {
   readonly sparse?: boolean;
   /** A quantized version: ModelOpt FP8, block FP8 or (mixed) NVFP4, as `src/synth/quantize.ts` makes them. */
   readonly quant?: SynthQuant;
+  /** Told after each tensor is written (not for `sparse`, which writes no data). */
+  readonly onProgress?: SynthProgress;
 }
 
 /** Shards with real headers and holes for data, plus the index and other files: a placeholder of any size. */
@@ -53,8 +55,8 @@ export async function synthesize(dir: string, options: SynthRequest = {}): Promi
   try {
     let files: string[];
     if (options.sparse) files = writeSparse(out.tmp, plan, q ? quantSynthOtherFiles(q) : undefined);
-    else if (q) files = await writeQuantSynth(q, new LocalOutput(out.tmp, dir), options.signal);
-    else files = await writeSynth(plan, new LocalOutput(out.tmp, dir), options.signal);
+    else if (q) files = await writeQuantSynth(q, new LocalOutput(out.tmp, dir), options.signal, options.onProgress);
+    else files = await writeSynth(plan, new LocalOutput(out.tmp, dir), options.signal, options.onProgress);
     out.commit();
     return { ...synthSummary(plan, dir, files), ...(q ? { quant: q.quant } : {}) };
   } catch (e) {

@@ -449,8 +449,11 @@ export function synthOtherFiles(plan: SynthPlan): [string, Uint8Array][] {
 }
 
 /** Write a synthetic HF-layout checkpoint's files into an output, tensor by tensor. Returns the files written. */
-export async function writeSynth(plan: SynthPlan, out: OutputStore, signal?: AbortSignal): Promise<string[]> {
-  return writeSynthWith(plan, (t) => synthBytes(t, plan.seed), synthOtherFiles(plan), out, signal);
+/** Bytes and tensors written so far, of how many in all. */
+export type SynthProgress = (bytesDone: number, tensorsDone: number, totalBytes: number, totalTensors: number) => void;
+
+export async function writeSynth(plan: SynthPlan, out: OutputStore, signal?: AbortSignal, onProgress?: SynthProgress): Promise<string[]> {
+  return writeSynthWith(plan, (t) => synthBytes(t, plan.seed), synthOtherFiles(plan), out, signal, onProgress);
 }
 
 /**
@@ -463,13 +466,20 @@ export async function writeSynthWith(
   otherFiles: readonly (readonly [string, Uint8Array])[],
   out: OutputStore,
   signal?: AbortSignal,
+  onProgress?: SynthProgress,
 ): Promise<string[]> {
   const writer = await ShardedWriter.fromPlans(out, plan.shards);
+  const totalBytes = plan.tensors.reduce((n, t) => n + byteLength(t), 0);
+  let bytesDone = 0;
+  let tensorsDone = 0;
   let files: string[];
   try {
     for (const t of plan.tensors) {
       throwIfAborted(signal);
-      await writer.write(t.name, 0, bytesOf(t));
+      const bytes = bytesOf(t);
+      await writer.write(t.name, 0, bytes);
+      bytesDone += bytes.byteLength;
+      onProgress?.(bytesDone, ++tensorsDone, totalBytes, plan.tensors.length);
     }
     files = await writer.finish();
   } catch (e) {

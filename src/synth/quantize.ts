@@ -4,7 +4,7 @@ import { referenceOrder } from "../safetensors/encode.js";
 import type { ShardPlan } from "../safetensors/shard-plan.js";
 import type { DType } from "../tensor/dtype.js";
 import { byteLength } from "../tensor/tensor.js";
-import { type SynthPlan, type SynthTensor, synthBytes, synthOtherFiles, writeSynthWith } from "./layout.js";
+import { type SynthPlan, type SynthProgress, type SynthTensor, synthBytes, synthOtherFiles, writeSynthWith } from "./layout.js";
 import { SYNTH_QUANTS, type SynthQuant } from "./quant-kinds.js";
 
 /**
@@ -173,6 +173,6 @@ export function quantSynthOtherFiles(q: QuantSynthPlan): [string, Uint8Array][] 
 }
 
 /** Write a quantized synthetic checkpoint into an output, tensor by tensor. Returns the files written. */
-export async function writeQuantSynth(q: QuantSynthPlan, out: OutputStore, signal?: AbortSignal): Promise<string[]> {
-  return writeSynthWith(q.plan, (t) => quantSynthBytes(q, t), quantSynthOtherFiles(q), out, signal);
+export async function writeQuantSynth(q: QuantSynthPlan, out: OutputStore, signal?: AbortSignal, onProgress?: SynthProgress): Promise<string[]> {
+  return writeSynthWith(q.plan, (t) => quantSynthBytes(q, t), quantSynthOtherFiles(q), out, signal, onProgress);
 }

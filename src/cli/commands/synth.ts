@@ -5,6 +5,7 @@ import { UsageError } from "../../errors.js";
 import { DEFAULT_MAX_SHARD_SIZE_FLAG } from "../../safetensors/shard-size.js";
 import { formatBytes, formatCount, intFlag, parseSize } from "../format.js";
 import { printJson, say } from "../output.js";
+import { Progress } from "../progress.js";
 
 export function registerSynth(program: Command): void {
   program
@@ -28,7 +29,12 @@ export function registerSynth(program: Command): void {
       const dtype = flags.dtype.toLowerCase();
       if (dtype !== "bf16" && dtype !== "f32") throw new UsageError(`--dtype must be bf16 or f32, got ${JSON.stringify(flags.dtype)}`);
       const { synthesize } = await import("../../node/synth.js");
+      let progress: Progress | undefined;
       const summary = await synthesize(dir, {
+        onProgress: (bytes, tensors, totalBytes, totalTensors) => {
+          progress ??= new Progress(flags.json !== true, "synthesizing", totalBytes, totalTensors);
+          progress.update(bytes, tensors);
+        },
         preset: flags.preset,
         seed: intFlag(flags.seed, "--seed"),
         dtype: dtype === "f32" ? "F32" : "BF16",
@@ -39,6 +45,7 @@ export function registerSynth(program: Command): void {
         ...(flags.sparse ? { sparse: true } : {}),
         ...(flags.quant !== undefined ? { quant: flags.quant as SynthQuant } : {}),
       });
+      progress?.stop();
       if (flags.json) printJson(summary);
       else {
         const shards = summary.files.filter((f) => f.endsWith(".safetensors")).length;
