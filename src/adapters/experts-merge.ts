@@ -63,18 +63,21 @@ export function validateExpertAvailability(
     const set = layers.get(layer) ?? new Set<string>();
     set.add(k.prefix);
     layers.set(layer, set);
-    if (k.expert >= start && k.expert < end && projections.includes(k.proj) && key === expertWeightKey(k.prefix, k.layer, k.expert, k.proj)) present++;
+    // Present as the search below looks keys up: the layer number as a number spells it (`04` is not 4).
+    if (k.expert >= start && k.expert < end && projections.includes(k.proj) && key === expertWeightKey(k.prefix, String(layer), k.expert, k.proj)) present++;
   }
   if (layers.size === 0) return;
 
-  // Counted, not listed: a config may claim any number of experts, and the list would be that long.
+  // Counted, not listed: a config may claim any number of experts, and the list would be that long. The
+  // missing are counted over every prefix a layer has, the total over layers (the reference's figures).
   let combos = 0;
   for (const p of layers.values()) combos += p.size;
-  const total = (end - start) * combos * projections.length;
-  const missingCount = total - present;
+  const missingCount = (end - start) * combos * projections.length - present;
   if (missingCount <= 0) return;
+  const total = (end - start) * layers.size * projections.length;
   const missing: string[] = [];
-  // The first few, in the reference's order; each layer's present experts come before its first gap.
+  // The first few, in the reference's order. Bounded: a layer's run of present experts is no longer than
+  // the checkpoint's tensor count, so five missing come within that many steps.
   search: for (const [layer, layerPrefixes] of layers) {
     for (const prefix of layerPrefixes) {
       for (let e = start; e < end; e++) {
@@ -83,7 +86,6 @@ export function validateExpertAvailability(
           if (!dict.has(key)) missing.push(display(key));
           if (missing.length === 5) break search;
         }
-        if (missing.length > 0 && e - start > dict.size) break;
       }
     }
   }

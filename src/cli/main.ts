@@ -16,6 +16,8 @@ const version = (JSON.parse(fs.readFileSync(new URL("../../../package.json", imp
 
 /** One line on stderr; the stack only with --debug, and for our own bugs a pointer to it. */
 function report(e: unknown, debug: boolean): number {
+  // A command that failed with its bar still showing: the error gets a line of its own.
+  stopAllProgress();
   const message = e instanceof Error ? e.message.split("\n")[0]! : String(e);
   if (e instanceof OmniCkptError) {
     process.stderr.write(`omni-ckpt: error: ${message}\n`);

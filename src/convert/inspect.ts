@@ -76,7 +76,8 @@ export async function describeCheckpoint(ckpt: Checkpoint, location = ckpt.where
     const { params, components } = tally(ckpt, extras);
     return { location, layout, files: ckpt.files.length, tensors: ckpt.tensors.size, params, bytes: ckpt.totalBytes, components };
   };
-  if (ckpt.folder === undefined) return summary();
+  // A lone file has no config, but its scales show in its own headers.
+  if (ckpt.folder === undefined) return summary(detectQuantization(ckpt.tensors, {})?.extras);
 
   const configFile = await ckpt.readConfig(signal);
   const config: ModelConfig = parseModelConfig(configFile.values, configFile.file);

@@ -183,6 +183,7 @@ export function planConversion(input: PlanInput, configFile: ConfigFile, options
   // Dequantizing into the same layout, or matching an HF export to its release, is a conversion of its own.
   const sameLayout = source === options.to;
   if (sameLayout && !quant && options.againstRelease !== true) throw new InputError(`${where}: is already in the ${layoutName(source)} layout`);
+  if (sameLayout && options.v4Compatible === true) throw new UsageError(`--v4-compatible applies to a native source; ${where} is already in the HF layout`);
   const configPath = configFile.file;
   const config = parseModelConfig(configFile.values, configPath);
   checkOptions(options, config);

@@ -245,7 +245,7 @@ export function placeDestination(dst: string, options: Pick<PrepareOptions, "sou
   const target = realish(dst);
   // The one place inside a source a DST may be, compared by its folder and name: a link by that name
   // (`model/consolidated` → `.hf_metadata`) leads somewhere else in the source, and is not that place.
-  const named = (p: string): string => path.join(realish(path.dirname(path.resolve(p))), path.basename(p));
+  const named = (p: string): string => path.join(realish(path.dirname(path.resolve(p))), path.basename(path.resolve(p)));
   const isLink = (p: string): boolean => {
     try {
       return fs.lstatSync(p).isSymbolicLink();
@@ -265,7 +265,11 @@ export function placeDestination(dst: string, options: Pick<PrepareOptions, "sou
     // A source's files may live elsewhere (a cache snapshot's links into blobs/, --follow-symlinks):
     // replacing the folder that holds them would destroy the source as surely as replacing it.
     if (options.force) {
-      const held = linkedFrom(src).find((real) => within(real, target));
+      const links = linkedFrom(src);
+      if (links === undefined) {
+        throw new UsageError(`--force: ${source} holds more than ${LINK_SCAN_LIMIT} entries, too many to check that ${dst} holds none of the files its links lead to; remove ${dst} yourself`);
+      }
+      const held = links.find((real) => within(real, target));
       if (held !== undefined) throw new UsageError(`--force would replace ${dst}, which holds ${held}, a file of the source ${source}`);
     }
   }
@@ -284,19 +288,22 @@ export function placeDestination(dst: string, options: Pick<PrepareOptions, "sou
 /** How many entries of a source folder are looked at for links; a checkpoint folder holds a few dozen. */
 const LINK_SCAN_LIMIT = 10_000;
 
-/** Where the symlinks in a source folder (and its subfolders) really lead: files and folders it reads. */
-function linkedFrom(dir: string): string[] {
+/**
+ * Where the symlinks in a source folder (and its subfolders) really lead: files and folders it reads.
+ * Undefined when the folder holds more entries than are looked at.
+ */
+function linkedFrom(dir: string): string[] | undefined {
   const out: string[] = [];
   let seen = 0;
-  const walk = (at: string): void => {
+  const walk = (at: string): boolean => {
     let entries: fs.Dirent[];
     try {
       entries = fs.readdirSync(at, { withFileTypes: true });
     } catch {
-      return;
+      return true;
     }
     for (const e of entries) {
-      if (++seen > LINK_SCAN_LIMIT) return;
+      if (++seen > LINK_SCAN_LIMIT) return false;
       const full = path.join(at, e.name);
       if (e.isSymbolicLink()) {
         try {
@@ -304,11 +311,11 @@ function linkedFrom(dir: string): string[] {
         } catch {
           // A broken link leads nowhere a DST could hold.
         }
-      } else if (e.isDirectory()) walk(full);
+      } else if (e.isDirectory() && !walk(full)) return false;
     }
+    return true;
   };
-  walk(dir);
-  return out;
+  return walk(dir) ? out : undefined;
 }
 
 /**

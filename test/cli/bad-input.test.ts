@@ -448,6 +448,27 @@ const folderCases = inGroup("folder", [
     otherwise: DIFF_IGNORES_CONFIG,
   },
   {
+    // The reference parses the layer number: "04" is no spelling of layer 4's experts, which are then missing.
+    name: "expert weights of a layer spelled 04",
+    build: (dir) => {
+      const respell = (name: string): string => name.replace(/^language_model\.backbone\.layers\.4\.mixer\.experts\./, "language_model.backbone.layers.04.mixer.experts.");
+      rewriteShard(path.join(dir, SHARD2), (t) => {
+        for (const [k, v] of [...t]) if (respell(k) !== k) t.delete(k), t.set(respell(k), v);
+      });
+      editIndex(dir, (m) => {
+        for (const k of Object.keys(m)) if (respell(k) !== k) (m[respell(k)] = m[k]!), delete m[k];
+      });
+    },
+    error: (dir) =>
+      `${esc(dir)}: expert weights missing from checkpoint: 8/16 required weights not found in MoE layers \\[1, 4\\]; first missing: ` +
+      `${[expertKey(4, 0, "up_proj"), expertKey(4, 0, "down_proj"), expertKey(4, 1, "up_proj"), expertKey(4, 1, "down_proj"), expertKey(4, 2, "up_proj")].map(esc).join(", ")} \\(and 3 more\\)`,
+    // diff reads no rules: the names differ, which is what it reports.
+    otherwise: {
+      "diff BAD GOOD": { code: 3, stdout: /^different: 16 differences, /m },
+      "diff GOOD BAD": { code: 3, stdout: /^different: 16 differences, /m },
+    },
+  },
+  {
     // Counted, never listed: a config may claim any number, and a list that long would not fit in memory.
     name: "config.json n_routed_experts absurdly large",
     build: (dir) => editConfig(dir, (llm) => void (llm["n_routed_experts"] = 1_000_000_000_000)),

@@ -166,6 +166,9 @@ describe("which part this process is", () => {
     expect(bareParts(["consolidate", "--parts", "4", "ckpt", "out"])).toEqual(["consolidate", "--parts", "4", "ckpt", "out"]);
     expect(bareParts(["consolidate", "ckpt", "out", "--parts"])).toEqual(["consolidate", "ckpt", "out", "--parts"]);
     expect(bareParts(["consolidate", "--parts", "--", "ckpt", "out"])).toEqual(["consolidate", "--parts", "--", "ckpt", "out"]);
+    // --part's K/N given to --parts stays its value, to be refused as not a number.
+    expect(bareParts(["consolidate", "--parts", "2/4", "ckpt", "out"])).toEqual(["consolidate", "--parts", "2/4", "ckpt", "out"]);
+    expect(bareParts(["convert", "--parts", "x"])).toEqual(["convert", "--parts", "x"]);
     expect(resolvePart({ parts: "" }, { RANK: "1", WORLD_SIZE: "2" })).toEqual({ part: { index: 2, count: 2 }, from: "RANK=1, WORLD_SIZE=2" });
   });
 

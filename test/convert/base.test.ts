@@ -154,6 +154,10 @@ describe("convert --to hf --base RELEASE", () => {
     expect([...b.keys()].sort()).toEqual([...a.keys()].sort());
     for (const [name, t] of a) expect(b.get(name), name).toEqual(t);
     expect(fs.readdirSync(out).filter((f) => f.endsWith(".safetensors")).sort()).toEqual(fs.readdirSync(release).filter((f) => f.endsWith(".safetensors")).sort());
+    // What only a native source's conversion does is refused, not ignored.
+    const v4 = runCli(["convert", "--to", "hf", "--base", release, "--v4-compatible", short, dir("export-v4")]);
+    expect(v4.stderr).toBe(`omni-ckpt: error: --v4-compatible applies to a native source; ${short} is already in the HF layout\n`);
+    expect(v4.code).toBe(2);
   });
 
   it("works on any folder and output through the core's convertFolder", async () => {

@@ -80,7 +80,9 @@ function partLine(s: ConsolidateSummary): string {
  * lose SRC. A word after it that is no number is left to be an argument (as if `--parts=` were given).
  */
 export function bareParts(argv: readonly string[]): string[] {
-  return argv.map((a, i) => (a === "--parts" && i + 1 < argv.length && !/^\d+$/.test(argv[i + 1]!) && !argv[i + 1]!.startsWith("-") ? "--parts=" : a));
+  if (!argv.includes("consolidate")) return [...argv];
+  // A word of digits (and slashes: `--parts 2/4` meant as `--part 2/4`) stays N, to be checked as one.
+  return argv.map((a, i) => (a === "--parts" && i + 1 < argv.length && !/^[\d/]+$/.test(argv[i + 1]!) && !argv[i + 1]!.startsWith("-") ? "--parts=" : a));
 }
 
 export function registerConsolidate(program: Command): void {

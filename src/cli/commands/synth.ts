@@ -30,22 +30,27 @@ export function registerSynth(program: Command): void {
       if (dtype !== "bf16" && dtype !== "f32") throw new UsageError(`--dtype must be bf16 or f32, got ${JSON.stringify(flags.dtype)}`);
       const { synthesize } = await import("../../node/synth.js");
       let progress: Progress | undefined;
-      const summary = await synthesize(dir, {
-        onProgress: (bytes, tensors, totalBytes, totalTensors) => {
-          progress ??= new Progress(flags.json !== true, "synthesizing", totalBytes, totalTensors);
-          progress.update(bytes, tensors);
-        },
-        preset: flags.preset,
-        seed: intFlag(flags.seed, "--seed"),
-        dtype: dtype === "f32" ? "F32" : "BF16",
-        scale: intFlag(flags.scale, "--scale"),
-        ...(flags.maxShardSize !== undefined ? { maxShardSize: parseSize(flags.maxShardSize) } : {}),
-        ...(flags.mtp ? { mtp: true } : {}),
-        ...(flags.force ? { force: true } : {}),
-        ...(flags.sparse ? { sparse: true } : {}),
-        ...(flags.quant !== undefined ? { quant: flags.quant as SynthQuant } : {}),
-      });
-      progress?.stop();
+      let summary: Awaited<ReturnType<typeof synthesize>>;
+      try {
+        summary = await synthesize(dir, {
+          onProgress: (bytes, tensors, totalBytes, totalTensors) => {
+            progress ??= new Progress(flags.json !== true, "synthesizing", totalBytes, totalTensors);
+            progress.update(bytes, tensors);
+          },
+          preset: flags.preset,
+          seed: intFlag(flags.seed, "--seed"),
+          dtype: dtype === "f32" ? "F32" : "BF16",
+          scale: intFlag(flags.scale, "--scale"),
+          ...(flags.maxShardSize !== undefined ? { maxShardSize: parseSize(flags.maxShardSize) } : {}),
+          ...(flags.mtp ? { mtp: true } : {}),
+          ...(flags.force ? { force: true } : {}),
+          ...(flags.sparse ? { sparse: true } : {}),
+          ...(flags.quant !== undefined ? { quant: flags.quant as SynthQuant } : {}),
+        });
+      } finally {
+        // Also when it fails: a bar left running keeps the process alive and the cursor hidden.
+        progress?.stop();
+      }
       if (flags.json) printJson(summary);
       else {
         const shards = summary.files.filter((f) => f.endsWith(".safetensors")).length;
