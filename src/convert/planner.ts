@@ -90,7 +90,6 @@ export function planInput(ckpt: Checkpoint, hfQuantConfig?: unknown): PlanInput 
 /** `hf_quant_config.json` beside config.json is small; anything past this is not one. */
 const MAX_QUANT_CONFIG_BYTES = 16_000_000;
 
-/** A checkpoint's plan input with its `hf_quant_config.json` read, as whole-checkpoint operations need it. */
 /**
  * Every routing bias (`….gate.e_score_correction_bias`) in float32, as the reference writes it when it saves
  * an HF checkpoint: a bf16 bias mis-routes tokens. Its Omni wrapper forgets this (SPEC §2); no HF
@@ -116,6 +115,7 @@ export function losslessExpertDType(tensors: Iterable<TensorInfo & { readonly na
   return [...seen].every((d) => d === "BF16" || d === "F16" || d === "F32") ? "F32" : undefined;
 }
 
+/** A checkpoint's plan input with its `hf_quant_config.json` read, as whole-checkpoint operations need it. */
 export async function loadPlanInput(ckpt: Checkpoint, signal?: AbortSignal): Promise<PlanInput> {
   const folder = ckpt.folder;
   if (folder === undefined || (await folder.stat(HF_QUANT_CONFIG, signal))?.kind !== "file") return planInput(ckpt);

@@ -285,8 +285,11 @@ export function placeDestination(dst: string, options: Pick<PrepareOptions, "sou
   return target;
 }
 
-/** How many entries of a source folder are looked at for links; a checkpoint folder holds a few dozen. */
-const LINK_SCAN_LIMIT = 10_000;
+/**
+ * How many entries of a source folder are looked at for links: a release holds a few dozen, a training
+ * checkpoint folder a few per rank (model/ and optim/ shards), so this covers tens of thousands of ranks.
+ */
+const LINK_SCAN_LIMIT = 200_000;
 
 /**
  * Where the symlinks in a source folder (and its subfolders) really lead: files and folders it reads.
