@@ -56,7 +56,7 @@ function tiedEmbeddings(values: Record<string, unknown>): boolean {
   try {
     llm = parseModelConfig(values).llm.tieWordEmbeddings;
   } catch {
-    llm = undefined;
+    // Not a config omni-ckpt reads: the config check of the save reports what is wrong with it.
   }
   return llm ?? values["tie_word_embeddings"] === true;
 }

@@ -448,10 +448,10 @@ export function synthOtherFiles(plan: SynthPlan): [string, Uint8Array][] {
   ];
 }
 
-/** Write a synthetic HF-layout checkpoint's files into an output, tensor by tensor. Returns the files written. */
 /** Bytes and tensors written so far, of how many in all. */
 export type SynthProgress = (bytesDone: number, tensorsDone: number, totalBytes: number, totalTensors: number) => void;
 
+/** Write a synthetic HF-layout checkpoint's files into an output, tensor by tensor. Returns the files written. */
 export async function writeSynth(plan: SynthPlan, out: OutputStore, signal?: AbortSignal, onProgress?: SynthProgress): Promise<string[]> {
   return writeSynthWith(plan, (t) => synthBytes(t, plan.seed), synthOtherFiles(plan), out, signal, onProgress);
 }

@@ -10,10 +10,7 @@ import type { DType } from "../../src/tensor/dtype.js";
 import { type Tensor, makeTensor, numel } from "../../src/tensor/tensor.js";
 import { compareTensors } from "../helpers/fixtures.js";
 import { PEFT } from "../helpers/lora.js";
-import { C, LM, T, W, adapterDir, base, baseVariant, exportError, files, fixture, hfExport, mergeError, refused, tensorsOf, variant, withBase, zeros } from "../helpers/lora-fixture.js";
-
-const fixtureAdapter = path.join(fixture, "adapter");
-const fixtureBase = path.join(fixture, "base");
+import { BASE, C, LM, T, W, adapterDir, base, baseVariant, exportError, files, fixture, hfExport, mergeError, refused, tensorsOf, variant, withBase, zeros } from "../helpers/lora-fixture.js";
 
 /*
  * PEFT's own rules where an adapter leaves them to it: which wrapper a lone fused projection is, how
@@ -64,7 +61,7 @@ describe("fused routed-expert LoRA on one projection only", () => {
     const hf = new MemoryFolder(out.files, "adapter");
     expect(compareTensors(await merged(hf), await merged(upOnly()))).toEqual([]);
     const back = await exported(hf, { to: "native", ...(await withBase()) });
-    const original = tensorsOf(files(fixtureAdapter).get("adapter_model.safetensors")!);
+    const original = tensorsOf(files(path.join(fixture, "adapter")).get("adapter_model.safetensors")!);
     dropDown(original);
     expect(compareTensors(tensorsOf(back.files.get("adapter_model.safetensors")!), original)).toEqual([]);
   });
@@ -148,7 +145,7 @@ describe("the merged HF checkpoint", () => {
     const out = await merged(adapterDir(), bf16Bias);
     const bias = "language_model.backbone.layers.1.mixer.gate.e_score_correction_bias";
     expect(out.get(bias)!.dtype).toBe("F32");
-    const original = tensorsOf(files(fixtureBase).get("model.safetensors")!).get(bias)!;
+    const original = tensorsOf(files(BASE).get("model.safetensors")!).get(bias)!;
     const widened = castTensor(castTensor(original, "BF16"), "F32");
     expect(compareTensors(new Map([[bias, out.get(bias)!]]), new Map([[bias, widened]]))).toEqual([]);
   });
